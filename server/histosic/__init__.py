@@ -1,0 +1,12 @@
+"""histosic: seeded iterative clustering of whole-slide image patches.
+
+A few point seeds placed by a pathologist in QuPath become a dense tissue map of the slide. Patches
+are embedded once by a pretrained network (:mod:`histosic.embed`, the only part that needs torch),
+then clustered locally from the seeds in about a second (:mod:`histosic.sic`).
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

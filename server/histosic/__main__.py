@@ -1,0 +1,5 @@
+import sys
+
+from histosic.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the ``histosic`` CLI: one module each, with ``register(subparsers)``."""

@@ -1,0 +1,498 @@
+"""HDF5 embedding store: one file per (slide, model, tiling), atomic, resumable, Trident/CLAM-readable.
+
+Layout (DESIGN.md section 4)::
+
+    /features          (n_patches, dim) float32 or float16
+    /coords            (n_patches, 2) int64, level-0 top-left x, y
+    /tissue_fraction   (n_patches,) float32, fraction of the patch on tissue
+    /white_fraction    (n_patches,) float32, fraction of near-white (background) pixels
+    attrs on / and on /coords: patch_size, patch_size_level0, level0_magnification,
+        target_magnification, overlap (Trident/CLAM readers look on /coords), plus histosic's own
+        metadata on / (see :class:`EmbeddingMeta`).
+
+Files are written under a temporary name (``<name>.partial``) and renamed when complete, so a file
+with the final name is always whole. :class:`EmbeddingWriter` appends batches as they come and can
+resume a killed run from its ``.partial`` file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import h5py
+import numpy as np
+import numpy.typing as npt
+
+from histosic import __version__
+from histosic.errors import CorruptFileError, EmbeddingNotFoundError, InvalidInputError
+
+__all__ = [
+    "PARTIAL_SUFFIX",
+    "EmbeddingMeta",
+    "EmbeddingWriter",
+    "Embeddings",
+    "file_fingerprint",
+    "partial_path",
+    "read_embeddings",
+    "read_meta",
+    "write_embeddings",
+]
+
+log = logging.getLogger(__name__)
+
+PARTIAL_SUFFIX = ".partial"
+FORMAT_NAME = "histosic-embeddings"
+FORMAT_VERSION = 1
+_FINGERPRINT_CHUNK = 1 << 20
+
+
+def file_fingerprint(path: str | os.PathLike[str]) -> str:
+    """A content fingerprint of a slide file that survives copying it to another machine.
+
+    SHA-256 over the file size and its first and last MiB (reading a whole multi-GB slide would
+    take too long), prefixed with ``sha256:``.
+    """
+    p = Path(path)
+    size = p.stat().st_size
+    h = hashlib.sha256()
+    h.update(str(size).encode())
+    with p.open("rb") as fh:
+        h.update(fh.read(_FINGERPRINT_CHUNK))
+        if size > 2 * _FINGERPRINT_CHUNK:
+            fh.seek(size - _FINGERPRINT_CHUNK)
+            h.update(fh.read(_FINGERPRINT_CHUNK))
+        else:
+            h.update(fh.read())
+    return "sha256:" + h.hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class EmbeddingMeta:
+    """What an embedding file says about how it was made.
+
+    Sizes are in pixels; ``*_level0`` sizes are in level-0 (full resolution) pixels.
+    """
+
+    slide_path: str
+    slide_fingerprint: str
+    level0_width: int
+    level0_height: int
+    mpp: float  # level-0 microns per pixel
+    target_mpp: float  # microns per pixel at which patches were cut
+    patch_size: int  # patch side at target resolution
+    patch_size_level0: int
+    stride_level0: int
+    overlap: float  # fraction, 0.5 = 50%
+    model: str
+    weights_hash: str = ""
+    preprocessing: str = ""  # JSON: input size, mean, std
+    tissue_method: str = ""
+    tissue_threshold: float = 0.0
+    histosic_version: str = __version__
+    created: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def level0_magnification(self) -> float:
+        """Objective power at level 0, from the convention 10 um/px / mpp (0.25 um/px = 40x)."""
+        return 10.0 / self.mpp if self.mpp > 0 else 0.0
+
+    @property
+    def target_magnification(self) -> float:
+        return 10.0 / self.target_mpp if self.target_mpp > 0 else 0.0
+
+    def settings_key(self) -> dict[str, Any]:
+        """The settings that make two embeddings of the same slide interchangeable."""
+        return {
+            "slide_fingerprint": self.slide_fingerprint,
+            "model": self.model,
+            "weights_hash": self.weights_hash,
+            "target_mpp": round(self.target_mpp, 6),
+            "patch_size": self.patch_size,
+            "overlap": round(self.overlap, 6),
+            "tissue_threshold": round(self.tissue_threshold, 6),
+        }
+
+
+@dataclass
+class Embeddings:
+    """Patch embeddings of one slide with their coordinates and per-patch tissue statistics."""
+
+    features: npt.NDArray[np.floating[Any]]  # (n, dim)
+    coords: npt.NDArray[np.int64]  # (n, 2) level-0 top-left x, y
+    meta: EmbeddingMeta
+    tissue_fraction: npt.NDArray[np.float32] | None = None  # (n,)
+    white_fraction: npt.NDArray[np.float32] | None = None  # (n,)
+
+    def __post_init__(self) -> None:
+        n = self.features.shape[0]
+        if self.features.ndim != 2:
+            raise InvalidInputError(f"features must be 2-D (n_patches, dim), got {self.features.shape}")
+        if self.coords.shape != (n, 2):
+            raise InvalidInputError(f"coords must have shape ({n}, 2), got {self.coords.shape}")
+        for name in ("tissue_fraction", "white_fraction"):
+            arr = getattr(self, name)
+            if arr is not None and arr.shape != (n,):
+                raise InvalidInputError(f"{name} must have shape ({n},), got {arr.shape}")
+
+    @property
+    def n_patches(self) -> int:
+        return int(self.features.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1])
+
+    def centers(self) -> npt.NDArray[np.float64]:
+        """Patch centres in level-0 pixels, (n, 2) x, y."""
+        return self.coords.astype(np.float64) + self.meta.patch_size_level0 / 2.0
+
+    def grid_index(self) -> npt.NDArray[np.int64]:
+        """Integer (column, row) of each patch on the stride grid, (n, 2)."""
+        stride = max(int(self.meta.stride_level0), 1)
+        origin = self.coords.min(axis=0) if self.n_patches else np.zeros(2, np.int64)
+        return np.rint((self.coords - origin) / stride).astype(np.int64)
+
+    def nuisance(self) -> npt.NDArray[np.float64] | None:
+        """Per-patch tissue and white fractions as an (n, 2) matrix, or None when unknown."""
+        if self.tissue_fraction is None or self.white_fraction is None:
+            return None
+        return np.stack([self.tissue_fraction, self.white_fraction], axis=1).astype(np.float64)
+
+
+def partial_path(path: str | os.PathLike[str]) -> Path:
+    p = Path(path)
+    return p.with_name(p.name + PARTIAL_SUFFIX)
+
+
+def _meta_attrs(meta: EmbeddingMeta) -> dict[str, Any]:
+    attrs: dict[str, Any] = {}
+    for f in dataclasses.fields(meta):
+        value = getattr(meta, f.name)
+        if f.name == "extra":
+            attrs["extra_json"] = json.dumps(dict(value), sort_keys=True)
+        else:
+            attrs[f.name] = value
+    attrs["format"] = FORMAT_NAME
+    attrs["format_version"] = FORMAT_VERSION
+    return attrs
+
+
+def _interop_attrs(meta: EmbeddingMeta) -> dict[str, Any]:
+    """Attributes that Trident and CLAM readers look for (on /coords and on /)."""
+    return {
+        "patch_size": meta.patch_size,
+        "patch_size_level0": meta.patch_size_level0,
+        "level0_magnification": meta.level0_magnification,
+        "target_magnification": meta.target_magnification,
+        "overlap": int(round(meta.overlap * meta.patch_size)),  # Trident: overlap in pixels
+        "overlap_fraction": meta.overlap,
+        "patch_level": 0,
+        "name": Path(meta.slide_path).stem,
+        "level0_width": meta.level0_width,
+        "level0_height": meta.level0_height,
+        "mpp": meta.mpp,
+    }
+
+
+def _write_attrs(obj: h5py.HLObject, attrs: Mapping[str, Any]) -> None:
+    for key, value in attrs.items():
+        obj.attrs[key] = value
+
+
+class EmbeddingWriter:
+    """Append patch embeddings to a ``.partial`` HDF5 file, resumable, renamed when complete.
+
+    Parameters
+    ----------
+    path : path-like
+        Final file name. Data goes to ``path + '.partial'`` until :meth:`finish`.
+    meta : EmbeddingMeta
+        Written as attributes. On resume, the partial file's settings must match.
+    coords : ndarray of shape (n_patches, 2)
+        All patch coordinates, known up front from the patch grid.
+    dim : int
+        Embedding dimension.
+    dtype : {'float32', 'float16'}, default 'float32'
+    resume : bool, default True
+        Continue a partial file with the same settings instead of starting over.
+
+    Use as a context manager; leaving the block without :meth:`finish` keeps the partial file for a
+    later resume (call :meth:`discard` to delete it instead).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        meta: EmbeddingMeta,
+        coords: npt.ArrayLike,
+        dim: int,
+        *,
+        dtype: str = "float32",
+        resume: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        self.partial = partial_path(self.path)
+        self.meta = meta
+        self.coords = np.asarray(coords, dtype=np.int64)
+        self.dim = int(dim)
+        self.n_total = int(self.coords.shape[0])
+        if self.coords.ndim != 2 or self.coords.shape[1] != 2:
+            raise InvalidInputError(f"coords must have shape (n, 2), got {self.coords.shape}")
+        if dtype not in ("float32", "float16"):
+            raise InvalidInputError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+        self.dtype = dtype
+        self.n_done = 0
+        self._file: h5py.File | None = None
+        self._open(resume)
+
+    def _open(self, resume: bool) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume and self.partial.exists():
+            try:
+                f = h5py.File(self.partial, "r+")
+                same = (
+                    json.loads(str(f.attrs.get("settings_json", "null")))
+                    == json.loads(json.dumps(self.meta.settings_key()))
+                    and f["features"].shape == (self.n_total, self.dim)
+                    and np.array_equal(f["coords"][()], self.coords)
+                )
+                if same:
+                    self._file = f
+                    self.n_done = int(f.attrs.get("n_done", 0))
+                    log.info("resuming %s at patch %d of %d", self.partial, self.n_done, self.n_total)
+                    return
+                f.close()
+                log.info("partial file %s has other settings; starting over", self.partial)
+            except (OSError, KeyError, ValueError) as err:
+                log.warning("partial file %s is unreadable (%s); starting over", self.partial, err)
+        self.partial.unlink(missing_ok=True)
+        f = h5py.File(self.partial, "w")
+        chunk_rows = max(1, min(self.n_total, (1 << 20) // max(self.dim * 4, 1)))
+        f.create_dataset(
+            "features", shape=(self.n_total, self.dim), dtype=self.dtype,
+            chunks=(chunk_rows, self.dim) if self.n_total else None,
+        )
+        coords = f.create_dataset("coords", data=self.coords)
+        f.create_dataset("tissue_fraction", shape=(self.n_total,), dtype="float32")
+        f.create_dataset("white_fraction", shape=(self.n_total,), dtype="float32")
+        _write_attrs(f, _meta_attrs(self.meta))
+        _write_attrs(f, _interop_attrs(self.meta))
+        _write_attrs(coords, _interop_attrs(self.meta))
+        f.attrs["settings_json"] = json.dumps(self.meta.settings_key(), sort_keys=True)
+        f.attrs["n_done"] = 0
+        f.flush()
+        self._file = f
+
+    def write(
+        self,
+        features: npt.ArrayLike,
+        tissue_fraction: npt.ArrayLike,
+        white_fraction: npt.ArrayLike,
+    ) -> None:
+        """Append the next batch of rows (in coordinate order) and record progress."""
+        if self._file is None:
+            raise RuntimeError("writer is closed")
+        feats = np.asarray(features)
+        b = feats.shape[0]
+        start, stop = self.n_done, self.n_done + b
+        if stop > self.n_total or feats.shape[1:] != (self.dim,):
+            raise InvalidInputError(
+                f"batch of shape {feats.shape} does not fit rows {start}:{stop} of "
+                f"({self.n_total}, {self.dim})"
+            )
+        f = self._file
+        f["features"][start:stop] = feats.astype(self.dtype, copy=False)
+        f["tissue_fraction"][start:stop] = np.asarray(tissue_fraction, dtype=np.float32)
+        f["white_fraction"][start:stop] = np.asarray(white_fraction, dtype=np.float32)
+        self.n_done = stop
+        f.attrs["n_done"] = stop
+        f.flush()
+
+    def finish(self) -> Path:
+        """Mark the file complete and rename it to its final name."""
+        if self._file is None:
+            raise RuntimeError("writer is closed")
+        if self.n_done != self.n_total:
+            raise RuntimeError(f"only {self.n_done} of {self.n_total} patches written")
+        self._file.attrs["complete"] = True
+        self._file.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self._file.close()
+        self._file = None
+        os.replace(self.partial, self.path)
+        return self.path
+
+    def close(self) -> None:
+        """Close without finishing; the partial file stays for a resume."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def discard(self) -> None:
+        """Close and delete the partial file."""
+        self.close()
+        self.partial.unlink(missing_ok=True)
+
+    def __enter__(self) -> EmbeddingWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def write_embeddings(path: str | os.PathLike[str], emb: Embeddings, *, overwrite: bool = False) -> Path:
+    """Write a complete :class:`Embeddings` atomically (temporary file, then rename)."""
+    p = Path(path)
+    if p.exists() and not overwrite:
+        from histosic.errors import OutputExistsError
+
+        raise OutputExistsError(f"{p} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    n = emb.n_patches
+    tissue = emb.tissue_fraction if emb.tissue_fraction is not None else np.ones(n, np.float32)
+    white = emb.white_fraction if emb.white_fraction is not None else np.zeros(n, np.float32)
+    dtype = "float16" if emb.features.dtype == np.float16 else "float32"
+    w = EmbeddingWriter(p, emb.meta, emb.coords, emb.dim, dtype=dtype, resume=False)
+    try:
+        w.write(emb.features, tissue, white)
+        return w.finish()
+    except BaseException:
+        w.discard()
+        raise
+
+
+def _attr(attrs: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    value = attrs.get(key, default)
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _meta_from_attrs(root: Mapping[str, Any], coords_attrs: Mapping[str, Any], path: Path) -> EmbeddingMeta:
+    if _attr(root, "format") == FORMAT_NAME:
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(EmbeddingMeta):
+            if f.name == "extra":
+                kwargs["extra"] = json.loads(_attr(root, "extra_json", "{}") or "{}")
+            elif f.name in root:
+                kwargs[f.name] = _attr(root, f.name)
+        return EmbeddingMeta(**kwargs)
+    # A Trident or CLAM file: recover what its attributes allow.
+    merged = {**dict(root), **dict(coords_attrs)}
+    patch_size = int(_attr(merged, "patch_size", 256))
+    level0_mag = float(_attr(merged, "level0_magnification", 0) or 0)
+    target_mag = float(_attr(merged, "target_magnification", 0) or 0)
+    patch_size_level0 = int(_attr(merged, "patch_size_level0", 0) or 0)
+    if not patch_size_level0:
+        # CLAM: patch_size is at patch_level with a downsample we do not know; assume level 0.
+        patch_size_level0 = patch_size
+    mpp = float(_attr(merged, "mpp", 0) or 0) or (10.0 / level0_mag if level0_mag else 0.0)
+    target_mpp = 10.0 / target_mag if target_mag else mpp * patch_size_level0 / max(patch_size, 1)
+    overlap_px = float(_attr(merged, "overlap", 0) or 0)
+    overlap = overlap_px / patch_size if overlap_px >= 1 else overlap_px
+    stride = max(1, int(round(patch_size_level0 * (1 - overlap))))
+    return EmbeddingMeta(
+        slide_path=str(_attr(merged, "name", path.stem)),
+        slide_fingerprint="",
+        level0_width=int(_attr(merged, "level0_width", 0) or 0),
+        level0_height=int(_attr(merged, "level0_height", 0) or 0),
+        mpp=mpp,
+        target_mpp=target_mpp,
+        patch_size=patch_size,
+        patch_size_level0=patch_size_level0,
+        stride_level0=stride,
+        overlap=overlap,
+        model=str(_attr(merged, "encoder", "") or _attr(merged, "model", "") or "unknown"),
+        extra={"source_format": "trident/clam"},
+    )
+
+
+def _open_h5(path: str | os.PathLike[str]) -> h5py.File:
+    p = Path(path)
+    if not p.exists():
+        partial = partial_path(p)
+        hint = f" (an unfinished {partial.name} exists: the embedding run did not complete)" if partial.exists() else ""
+        raise EmbeddingNotFoundError(f"embedding file {p} does not exist{hint}")
+    try:
+        return h5py.File(p, "r")
+    except OSError as err:
+        raise CorruptFileError(
+            f"{p} is not a readable HDF5 embedding file ({err}); re-create it with `histosic embed`"
+        ) from err
+
+
+def read_meta(path: str | os.PathLike[str]) -> EmbeddingMeta:
+    """Read only the metadata of an embedding file (fast; no feature matrix)."""
+    with _open_h5(path) as f:
+        if "coords" not in f:
+            raise CorruptFileError(f"{path} has no 'coords' dataset: not an embedding file")
+        return _meta_from_attrs(f.attrs, f["coords"].attrs, Path(path))
+
+
+def read_embeddings(path: str | os.PathLike[str], *, dtype: str | None = "float32") -> Embeddings:
+    """Read an embedding file written by histosic, Trident or CLAM.
+
+    Parameters
+    ----------
+    path : path-like
+    dtype : str or None, default 'float32'
+        Cast features to this dtype; None keeps the stored dtype.
+
+    Raises
+    ------
+    EmbeddingNotFoundError
+        The file does not exist.
+    CorruptFileError
+        The file is not HDF5, lacks ``features``/``coords``, or is an incomplete histosic file.
+    """
+    p = Path(path)
+    with _open_h5(p) as f:
+        if "features" not in f or "coords" not in f:
+            raise CorruptFileError(
+                f"{p} has no 'features' and 'coords' datasets: not an embedding file "
+                "(expected histosic, Trident or CLAM layout)"
+            )
+        if _attr(f.attrs, "format") == FORMAT_NAME and not bool(_attr(f.attrs, "complete", False)):
+            raise CorruptFileError(f"{p} is an incomplete embedding file; run `histosic embed` again")
+        try:
+            features = f["features"][()]
+            coords = f["coords"][()]
+            tissue = f["tissue_fraction"][()] if "tissue_fraction" in f else None
+            white = f["white_fraction"][()] if "white_fraction" in f else None
+        except (OSError, KeyError) as err:
+            raise CorruptFileError(f"{p} is truncated or damaged ({err}); re-create it") from err
+        meta = _meta_from_attrs(f.attrs, f["coords"].attrs, p)
+    # Trident stores (1, n, dim) in some versions.
+    if features.ndim == 3 and features.shape[0] == 1:
+        features = features[0]
+    if coords.ndim == 3 and coords.shape[0] == 1:
+        coords = coords[0]
+    if features.ndim != 2 or coords.ndim != 2 or coords.shape[0] != features.shape[0]:
+        raise CorruptFileError(
+            f"{p}: features {features.shape} and coords {coords.shape} do not match"
+        )
+    if dtype is not None:
+        features = features.astype(dtype, copy=False)
+    return Embeddings(
+        features=features,
+        coords=coords.astype(np.int64, copy=False),
+        meta=meta,
+        tissue_fraction=None if tissue is None else tissue.astype(np.float32, copy=False),
+        white_fraction=None if white is None else white.astype(np.float32, copy=False),
+    )

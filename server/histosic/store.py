@@ -1,4 +1,4 @@
-"""HDF5 embedding store: one file per (slide, model, tiling), atomic, resumable, Trident/CLAM-readable.
+"""HDF5 embedding store: one file per (slide, model, tiling); atomic, resumable, Trident-readable.
 
 Layout (DESIGN.md section 4)::
 
@@ -137,7 +137,9 @@ class Embeddings:
     def __post_init__(self) -> None:
         n = self.features.shape[0]
         if self.features.ndim != 2:
-            raise InvalidInputError(f"features must be 2-D (n_patches, dim), got {self.features.shape}")
+            raise InvalidInputError(
+                f"features must be 2-D (n_patches, dim), got {self.features.shape}"
+            )
         if self.coords.shape != (n, 2):
             raise InvalidInputError(f"coords must have shape ({n}, 2), got {self.coords.shape}")
         for name in ("tissue_fraction", "white_fraction"):
@@ -270,7 +272,9 @@ class EmbeddingWriter:
                 if same:
                     self._file = f
                     self.n_done = int(f.attrs.get("n_done", 0))
-                    log.info("resuming %s at patch %d of %d", self.partial, self.n_done, self.n_total)
+                    log.info(
+                        "resuming %s at patch %d of %d", self.partial, self.n_done, self.n_total
+                    )
                     return
                 f.close()
                 log.info("partial file %s has other settings; starting over", self.partial)
@@ -280,7 +284,9 @@ class EmbeddingWriter:
         f = h5py.File(self.partial, "w")
         chunk_rows = max(1, min(self.n_total, (1 << 20) // max(self.dim * 4, 1)))
         f.create_dataset(
-            "features", shape=(self.n_total, self.dim), dtype=self.dtype,
+            "features",
+            shape=(self.n_total, self.dim),
+            dtype=self.dtype,
             chunks=(chunk_rows, self.dim) if self.n_total else None,
         )
         coords = f.create_dataset("coords", data=self.coords)
@@ -355,7 +361,9 @@ class EmbeddingWriter:
         self.close()
 
 
-def write_embeddings(path: str | os.PathLike[str], emb: Embeddings, *, overwrite: bool = False) -> Path:
+def write_embeddings(
+    path: str | os.PathLike[str], emb: Embeddings, *, overwrite: bool = False
+) -> Path:
     """Write a complete :class:`Embeddings` atomically (temporary file, then rename)."""
     p = Path(path)
     if p.exists() and not overwrite:
@@ -384,7 +392,9 @@ def _attr(attrs: Mapping[str, Any], key: str, default: Any = None) -> Any:
     return value
 
 
-def _meta_from_attrs(root: Mapping[str, Any], coords_attrs: Mapping[str, Any], path: Path) -> EmbeddingMeta:
+def _meta_from_attrs(
+    root: Mapping[str, Any], coords_attrs: Mapping[str, Any], path: Path
+) -> EmbeddingMeta:
     if _attr(root, "format") == FORMAT_NAME:
         kwargs: dict[str, Any] = {}
         for f in dataclasses.fields(EmbeddingMeta):
@@ -427,7 +437,11 @@ def _open_h5(path: str | os.PathLike[str]) -> h5py.File:
     p = Path(path)
     if not p.exists():
         partial = partial_path(p)
-        hint = f" (an unfinished {partial.name} exists: the embedding run did not complete)" if partial.exists() else ""
+        hint = (
+            f" (an unfinished {partial.name} exists: the embedding run did not complete)"
+            if partial.exists()
+            else ""
+        )
         raise EmbeddingNotFoundError(f"embedding file {p} does not exist{hint}")
     try:
         return h5py.File(p, "r")
@@ -469,7 +483,9 @@ def read_embeddings(path: str | os.PathLike[str], *, dtype: str | None = "float3
                 "(expected histosic, Trident or CLAM layout)"
             )
         if _attr(f.attrs, "format") == FORMAT_NAME and not bool(_attr(f.attrs, "complete", False)):
-            raise CorruptFileError(f"{p} is an incomplete embedding file; run `histosic embed` again")
+            raise CorruptFileError(
+                f"{p} is an incomplete embedding file; run `histosic embed` again"
+            )
         try:
             features = f["features"][()]
             coords = f["coords"][()]

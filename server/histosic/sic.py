@@ -1,0 +1,924 @@
+"""Seeded iterative clustering (SIC) of patch embeddings: numpy and scikit-learn only.
+
+The reference is Chelebian et al. 2022 (*Seeded iterative clustering for histology region
+identification*), built on Seeded-KMeans and Constrained-KMeans of Basu, Banerjee & Mooney (2002).
+DESIGN.md section 3 states what the paper means; this module implements that intent with the
+choices made explicit:
+
+* :class:`SeededKMeans`: centres start at the mean of each seeded class, then ordinary Lloyd
+  iterations over all points (``constrained=False``, Seeded-KMeans: seed points may change
+  cluster) or with seed points pinned to their class (``constrained=True``, Constrained-KMeans).
+* :func:`seeded_iterative_clustering` with ``method="sic"``: the paper's algorithm. Other methods
+  (``"centroid"``, ``"logreg"``, ``"spreading"``, ``"seeded-kmeans"``) and the feature
+  preprocessing (:class:`Preprocess`) are what our evaluation (``docs/EVALUATION.md``) found to
+  work better on real slides; ``method="sic"`` with ``preprocess=PAPER_PREPROCESS`` reproduces the
+  paper exactly.
+* :func:`suggest_seeds`: where the clustering is least certain, spread over the slide, so that a
+  pathologist knows where to click next.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
+
+from histosic.errors import InvalidInputError
+
+__all__ = [
+    "DEFAULT_METHOD",
+    "METHODS",
+    "PAPER_PREPROCESS",
+    "ClusterResult",
+    "Preprocess",
+    "SeededKMeans",
+    "Step",
+    "preprocess_features",
+    "seeded_iterative_clustering",
+    "suggest_seeds",
+]
+
+log = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.floating[Any]]
+IntArray = npt.NDArray[np.int64]
+Metric = Callable[[npt.NDArray[np.int64], npt.NDArray[np.int64]], float]
+
+METHODS = ("sic", "seeded-kmeans", "centroid", "logreg", "spreading")
+DEFAULT_METHOD = "logreg"
+UNLABELLED = -1
+
+# Rows per block in the fused Lloyd pass: a block of 512-d float32 rows stays in cache while it is
+# used twice (distances, then centre sums), so each iteration streams X from memory once.
+_BLOCK_BYTES = 1 << 21
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------
+
+
+def _check_X(X: npt.ArrayLike) -> FloatArray:
+    arr = np.asarray(X)
+    if arr.ndim != 2:
+        raise InvalidInputError(
+            f"X must be a 2-D array (n_patches, dim), got shape {arr.shape}; "
+            "reshape single-feature data with X.reshape(-1, 1)"
+        )
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise InvalidInputError(f"X is empty (shape {arr.shape}); embed at least one patch")
+    if not np.issubdtype(arr.dtype, np.floating):
+        if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+            raise InvalidInputError(f"X must be numeric, got dtype {arr.dtype}")
+        arr = arr.astype(np.float64)
+    elif arr.dtype not in (np.float32, np.float64):
+        arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
+        raise InvalidInputError(
+            f"X has NaN or infinite values in {bad.size} row(s) (first: row {int(bad[0])}); "
+            "remove or re-embed those patches"
+        )
+    return np.ascontiguousarray(arr)
+
+
+def _check_seeds(seeds: npt.ArrayLike, n: int) -> IntArray:
+    s = np.asarray(seeds)
+    if s.ndim != 1 or s.shape[0] != n:
+        raise InvalidInputError(
+            f"seeds must be a 1-D array of length n_patches={n} (-1 = unlabelled), "
+            f"got shape {s.shape}"
+        )
+    if s.size and not np.issubdtype(s.dtype, np.integer):
+        if (
+            np.issubdtype(s.dtype, np.floating)
+            and np.all(np.isfinite(s))
+            and np.all(s == np.round(s))
+        ):
+            s = s.astype(np.int64)
+        else:
+            raise InvalidInputError(
+                f"seeds must be integer class ids (-1 = unlabelled), got dtype {s.dtype}"
+            )
+    s = s.astype(np.int64, copy=False)
+    if s.size and s.min() < UNLABELLED:
+        bad = int(s[s < UNLABELLED][0])
+        raise InvalidInputError(f"seed class ids must be >= 0 (or -1 for unlabelled), got {bad}")
+    return s
+
+
+# --------------------------------------------------------------------------------------------
+# Lloyd iterations
+# --------------------------------------------------------------------------------------------
+
+
+def _lloyd(
+    X: FloatArray,
+    centers: FloatArray,
+    *,
+    pinned_idx: IntArray | None = None,
+    pinned_lab: IntArray | None = None,
+    max_iter: int = 100,
+) -> tuple[IntArray, FloatArray, int]:
+    """Lloyd iterations from ``centers``; returns labels, centres and iterations run.
+
+    Each iteration is one fused pass over ``X`` in cache-sized blocks: squared distances via a
+    matrix product (``|c|^2 - 2 x.c``, the ``|x|^2`` term is constant per row), assignment, and the
+    per-cluster sums for the next centres. Stops when no label changes. An empty cluster keeps its
+    previous centre (Basu et al.). Pinned points (Constrained-KMeans) keep their given cluster.
+    """
+    n, d = X.shape
+    k = centers.shape[0]
+    C = np.asarray(centers, dtype=X.dtype).copy()
+    labels = np.full(n, -1, dtype=np.int64)
+    block = max(256, _BLOCK_BYTES // max(d * X.dtype.itemsize, 1))
+    eye = np.eye(k, dtype=X.dtype)
+    n_iter = 0
+    for n_iter in range(1, max_iter + 1):  # noqa: B007 - n_iter is returned
+        half_sq = 0.5 * np.einsum("ij,ij->i", C, C)
+        sums = np.zeros((k, d), dtype=np.float64)
+        new = np.empty(n, dtype=np.int64)
+        for start in range(0, n, block):
+            Xb = X[start : start + block]
+            lab = np.argmax(Xb @ C.T - half_sq, axis=1)
+            new[start : start + block] = lab
+            if pinned_idx is None:
+                sums += eye[lab].T @ Xb
+        if pinned_idx is not None and pinned_lab is not None:
+            new[pinned_idx] = pinned_lab
+            for start in range(0, n, block):
+                Xb = X[start : start + block]
+                sums += eye[new[start : start + block]].T @ Xb
+        counts = np.bincount(new, minlength=k)
+        nonempty = counts > 0
+        C[nonempty] = (sums[nonempty] / counts[nonempty, None]).astype(X.dtype)
+        changed = not np.array_equal(new, labels)
+        labels = new
+        if not changed:
+            break
+    return labels, C, n_iter
+
+
+def _kmeans_pp_init(X: FloatArray, k: int, rng: np.random.RandomState) -> FloatArray:
+    """k-means++ initial centres (for unseeded splits)."""
+    n = X.shape[0]
+    first = int(rng.randint(n))
+    centers = [X[first].astype(np.float64)]
+    d2 = np.einsum("ij,ij->i", X - X[first], X - X[first]).astype(np.float64)
+    for _ in range(1, k):
+        total = d2.sum()
+        idx = int(rng.choice(n, p=d2 / total)) if total > 0 else int(rng.randint(n))
+        centers.append(X[idx].astype(np.float64))
+        diff = X - X[idx]
+        d2 = np.minimum(d2, np.einsum("ij,ij->i", diff, diff))
+    return np.asarray(centers, dtype=X.dtype)
+
+
+class SeededKMeans(ClusterMixin, BaseEstimator):  # type: ignore[misc]
+    """Seeded-KMeans and Constrained-KMeans (Basu, Banerjee & Mooney 2002).
+
+    Parameters
+    ----------
+    n_clusters : int, default=2
+        Number of clusters when ``fit`` is called without seeds, or when more clusters than seeded
+        classes are wanted (the extra centres start from k-means++ on the data).
+    constrained : bool, default=False
+        Pin seed points to their class's cluster (Constrained-KMeans). With False, seed points may
+        change cluster during the Lloyd iterations (Seeded-KMeans).
+    max_iter : int, default=100
+        Maximum number of Lloyd iterations; they stop earlier when no label changes.
+    random_state : int, RandomState instance or None, default=None
+        Used only for the centres that no seed class provides.
+
+    Attributes
+    ----------
+    cluster_centers_ : ndarray of shape (n_clusters_, n_features)
+    labels_ : ndarray of shape (n_samples,)
+        Cluster index of each training point. With seeds, cluster ``i`` is the cluster whose centre
+        started at the mean of the ``i``-th smallest seed class (see ``seed_classes_``).
+    seed_classes_ : ndarray of shape (n_seed_classes,)
+        The seed class ids, sorted; empty without seeds.
+    n_iter_ : int
+    inertia_ : float
+        Sum of squared distances of points to their cluster centre.
+    n_features_in_ : int
+    """
+
+    def __init__(
+        self,
+        n_clusters: int = 2,
+        *,
+        constrained: bool = False,
+        max_iter: int = 100,
+        random_state: int | np.random.RandomState | None = None,
+    ) -> None:
+        self.n_clusters = n_clusters
+        self.constrained = constrained
+        self.max_iter = max_iter
+        self.random_state = random_state
+
+    def fit(
+        self, X: npt.ArrayLike, y: object = None, seeds: npt.ArrayLike | None = None
+    ) -> SeededKMeans:
+        """Cluster ``X`` starting from the seed-class means.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : ignored
+        seeds : array-like of shape (n_samples,), default=None
+            Class id per sample, -1 for unlabelled. Without seeds this is k-means with k-means++
+            initialisation and ``n_clusters`` clusters.
+
+        Returns
+        -------
+        self : SeededKMeans
+        """
+        Xv: FloatArray = validate_data(self, X, dtype=[np.float64, np.float32], reset=True)
+        if not isinstance(self.n_clusters, (int, np.integer)) or self.n_clusters < 1:
+            raise InvalidInputError(
+                f"n_clusters must be a positive integer, got {self.n_clusters!r}"
+            )
+        if not isinstance(self.max_iter, (int, np.integer)) or self.max_iter < 1:
+            raise InvalidInputError(f"max_iter must be a positive integer, got {self.max_iter!r}")
+        n = Xv.shape[0]
+        rng = check_random_state(self.random_state)
+        if seeds is None:
+            s = np.full(n, UNLABELLED, dtype=np.int64)
+        else:
+            s = _check_seeds(seeds, n)
+        classes = np.unique(s[s >= 0])
+        k = max(int(self.n_clusters), classes.size)
+        if n < k:
+            raise InvalidInputError(
+                f"n_samples={n} is smaller than the number of clusters {k}; "
+                "give more patches or fewer clusters"
+            )
+        centers = np.empty((k, Xv.shape[1]), dtype=Xv.dtype)
+        for i, c in enumerate(classes):
+            centers[i] = Xv[s == c].mean(axis=0)
+        if k > classes.size:
+            centers[classes.size :] = _kmeans_pp_init(Xv, k - classes.size, rng)
+        pinned_idx = pinned_lab = None
+        if self.constrained and classes.size:
+            pinned_idx = np.flatnonzero(s >= 0)
+            pinned_lab = np.searchsorted(classes, s[pinned_idx]).astype(np.int64)
+        labels, C, n_iter = _lloyd(
+            np.ascontiguousarray(Xv),
+            centers,
+            pinned_idx=pinned_idx,
+            pinned_lab=pinned_lab,
+            max_iter=int(self.max_iter),
+        )
+        self.cluster_centers_ = C
+        self.labels_ = labels
+        self.seed_classes_ = classes
+        self.n_iter_ = n_iter
+        diff = Xv - C[labels]
+        self.inertia_ = float(np.einsum("ij,ij->", diff, diff))
+        return self
+
+    def predict(self, X: npt.ArrayLike) -> IntArray:
+        """Index of the nearest cluster centre for each sample, shape (n_samples,)."""
+        check_is_fitted(self)
+        Xv: FloatArray = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        C = self.cluster_centers_.astype(Xv.dtype)
+        scores = Xv @ C.T - 0.5 * np.einsum("ij,ij->i", C, C)
+        return np.asarray(np.argmax(scores, axis=1), dtype=np.int64)
+
+    def fit_predict(
+        self, X: npt.ArrayLike, y: object = None, seeds: npt.ArrayLike | None = None
+    ) -> IntArray:
+        return self.fit(X, y, seeds=seeds).labels_  # type: ignore[no-any-return]
+
+
+# --------------------------------------------------------------------------------------------
+# Feature preprocessing
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Feature cleaning before clustering.
+
+    Parameters
+    ----------
+    regress_nuisance : bool, default=True
+        Regress the per-patch tissue fraction and white-pixel fraction out of the features (ordinary
+        least squares, no labels needed). On real slides the k=2 split of raw embeddings follows
+        these fractions more than tumour. Brightness is deliberately *not* regressed: it carries
+        tumour signal.
+    smooth_radius : int, default=1
+        Average each patch's features with its grid neighbours within this Chebyshev radius
+        (1 = 3x3 neighbourhood); 0 turns smoothing off. Needs the patch grid.
+    l2_normalize : bool, default=False
+        Scale each feature vector to unit length (after the steps above).
+    pca_components : int or None, default=None
+        Keep this many principal components (after the steps above).
+    """
+
+    regress_nuisance: bool = True
+    smooth_radius: int = 1
+    l2_normalize: bool = False
+    pca_components: int | None = None
+
+
+#: The paper's setting: raw embeddings.
+PAPER_PREPROCESS = Preprocess(regress_nuisance=False, smooth_radius=0)
+
+
+def _grid_adjacency_mean(X: FloatArray, grid: IntArray, radius: int) -> FloatArray:
+    """Mean of each row with the rows at grid offsets within ``radius`` (those that exist)."""
+    from scipy import sparse
+
+    n = grid.shape[0]
+    g = grid - grid.min(axis=0)
+    width = int(g[:, 0].max()) + 1
+    height = int(g[:, 1].max()) + 1
+    lookup = np.full((height + 2 * radius, width + 2 * radius), -1, dtype=np.int64)
+    lookup[g[:, 1] + radius, g[:, 0] + radius] = np.arange(n)
+    rows, cols = [], []
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            nb = lookup[g[:, 1] + radius + dy, g[:, 0] + radius + dx]
+            ok = nb >= 0
+            rows.append(np.flatnonzero(ok))
+            cols.append(nb[ok])
+    r = np.concatenate(rows)
+    c = np.concatenate(cols)
+    A = sparse.csr_matrix((np.ones(r.size, dtype=X.dtype), (r, c)), shape=(n, n))
+    deg = np.asarray(A.sum(axis=1)).ravel()
+    out = A @ X
+    out /= deg[:, None].astype(X.dtype)
+    return np.asarray(out, dtype=X.dtype)
+
+
+def preprocess_features(
+    X: npt.ArrayLike,
+    *,
+    nuisance: npt.ArrayLike | None = None,
+    grid: npt.ArrayLike | None = None,
+    config: Preprocess = Preprocess(),
+) -> FloatArray:
+    """Clean features before clustering (see :class:`Preprocess`).
+
+    Parameters
+    ----------
+    X : array-like of shape (n_patches, dim)
+    nuisance : array-like of shape (n_patches, n_nuisance), optional
+        Per-patch variables to regress out (histosic stores tissue and white fractions). Steps
+        that need it are skipped when it is None.
+    grid : array-like of int of shape (n_patches, 2), optional
+        Integer (column, row) of each patch on the patch grid. Smoothing is skipped without it.
+    config : Preprocess
+
+    Returns
+    -------
+    ndarray of shape (n_patches, dim) or (n_patches, pca_components), same float dtype as X.
+    """
+    Xa = _check_X(X)
+    n = Xa.shape[0]
+    out = Xa
+    if config.regress_nuisance and nuisance is not None:
+        Z = np.asarray(nuisance, dtype=np.float64)
+        if Z.ndim == 1:
+            Z = Z[:, None]
+        if Z.shape[0] != n or not np.isfinite(Z).all():
+            raise InvalidInputError(
+                f"nuisance must be a finite ({n}, k) array, got shape {Z.shape}"
+            )
+        Zc = Z - Z.mean(axis=0)
+        keep = Zc.std(axis=0) > 1e-9
+        if keep.any():
+            Zc = Zc[:, keep]
+            beta, *_ = np.linalg.lstsq(Zc, out.astype(np.float64), rcond=None)
+            out = (out - (Zc @ beta).astype(out.dtype)).astype(Xa.dtype)
+    if config.smooth_radius > 0 and grid is not None:
+        G = np.asarray(grid)
+        if G.shape != (n, 2) or not np.issubdtype(G.dtype, np.integer):
+            raise InvalidInputError(
+                f"grid must be an integer ({n}, 2) array, got {G.shape} {G.dtype}"
+            )
+        out = _grid_adjacency_mean(
+            np.ascontiguousarray(out), G.astype(np.int64), int(config.smooth_radius)
+        )
+    if config.l2_normalize:
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        out = out / np.maximum(norms, 1e-12)
+    if config.pca_components is not None:
+        from sklearn.decomposition import PCA
+
+        m = int(config.pca_components)
+        if m < 1:
+            raise InvalidInputError(f"pca_components must be >= 1, got {m}")
+        m = min(m, out.shape[1], n)
+        out = (
+            PCA(n_components=m, random_state=0, svd_solver="auto")
+            .fit_transform(out)
+            .astype(Xa.dtype)
+        )
+    return np.ascontiguousarray(out)
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Step:
+    """One step of the iterative refinement (or the single step of a one-shot method)."""
+
+    depth: int
+    branch: str  # "seeded-kmeans", "constrained-kmeans", "kmeans", "logreg", ...
+    score: float  # metric on the seed patches after this step
+    sizes: tuple[int, ...]  # patches per class after this step, in ``classes`` order
+    accepted: bool
+
+
+@dataclass
+class ClusterResult:
+    """What :func:`seeded_iterative_clustering` returns.
+
+    Attributes
+    ----------
+    labels : ndarray of shape (n_patches,)
+        Class id per patch (one of ``classes``).
+    confidence : ndarray of shape (n_patches,)
+        In [0, 1]; 1 = certain. For k-means methods ``d_other / (d_own + d_other)`` with distances
+        to the final class centroids; for classifiers the predicted probability of the label.
+    classes : tuple of int
+        The seeded class ids, sorted.
+    positive : int or None
+        Binary: the positive class id. Multi-class: None.
+    history : list of Step
+    seeds : ndarray of shape (n_patches,)
+        The seeds used (-1 = unlabelled).
+    method : str
+    score : float
+        The metric on the seed patches for the final labelling.
+    preprocess : Preprocess or None
+        The preprocessing applied (None = raw features).
+    """
+
+    labels: IntArray
+    confidence: FloatArray
+    classes: tuple[int, ...]
+    positive: int | None
+    history: list[Step]
+    seeds: IntArray
+    method: str
+    score: float
+    preprocess: Preprocess | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_patches(self) -> int:
+        return int(self.labels.shape[0])
+
+    def counts(self) -> dict[int, int]:
+        """Patches per class."""
+        return {c: int(np.count_nonzero(self.labels == c)) for c in self.classes}
+
+
+# --------------------------------------------------------------------------------------------
+# Scores
+# --------------------------------------------------------------------------------------------
+
+
+def _make_metric(metric: str | Metric, positive: int | None, classes: Sequence[int]) -> Metric:
+    if callable(metric):
+        return metric
+    from sklearn import metrics as skm
+
+    labels = list(classes)
+    if metric == "f1":
+        if positive is not None:
+            return lambda t, p: float(
+                skm.f1_score(t, p, pos_label=positive, average="binary", zero_division=0.0)
+            )
+        return lambda t, p: float(
+            skm.f1_score(t, p, labels=labels, average="macro", zero_division=0.0)
+        )
+    if metric == "accuracy":
+        return lambda t, p: float(np.mean(t == p))
+    if metric == "balanced_accuracy":
+        return lambda t, p: float(skm.balanced_accuracy_score(t, p))
+    if metric == "mcc":
+        return lambda t, p: float(skm.matthews_corrcoef(t, p))
+    raise InvalidInputError(
+        f"unknown metric {metric!r}; use 'f1', 'accuracy', 'balanced_accuracy', 'mcc' or a callable"
+    )
+
+
+def _centroid_confidence(X: FloatArray, labels: IntArray, classes: Sequence[int]) -> FloatArray:
+    """``d_other / (d_own + d_other)`` from distances to the class centroids of ``labels``."""
+    cls = np.asarray(classes)
+    present = [c for c in cls if np.any(labels == c)]
+    if len(present) < 2:
+        return np.ones(labels.shape[0], dtype=np.float64)
+    C = np.stack([X[labels == c].mean(axis=0) for c in present]).astype(X.dtype)
+    sq = np.einsum("ij,ij->i", X, X)[:, None] - 2 * (X @ C.T) + np.einsum("ij,ij->i", C, C)[None, :]
+    dist = np.sqrt(np.maximum(sq.astype(np.float64), 0.0))
+    own_col = np.searchsorted(np.asarray(present), labels)
+    own_col = np.clip(own_col, 0, len(present) - 1)
+    rows = np.arange(labels.shape[0])
+    d_own = dist[rows, own_col]
+    dist[rows, own_col] = np.inf
+    d_other = dist.min(axis=1)
+    denom = d_own + d_other
+    conf = np.where(denom > 0, d_other / np.where(denom > 0, denom, 1.0), 0.5)
+    return np.clip(conf, 0.0, 1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Methods
+# --------------------------------------------------------------------------------------------
+
+
+def _seeded_split(
+    X: FloatArray, s: IntArray, classes: Sequence[int], constrained: bool, max_iter: int
+) -> IntArray:
+    """Seeded (or constrained) k-means with one cluster per class; returns class ids."""
+    km = SeededKMeans(n_clusters=len(classes), constrained=constrained, max_iter=max_iter)
+    s_local = np.where(np.isin(s, classes), s, UNLABELLED)
+    km.fit(X, seeds=s_local)
+    return np.asarray(classes, dtype=np.int64)[km.labels_]
+
+
+def _sic(
+    X: FloatArray,
+    s: IntArray,
+    classes: tuple[int, ...],
+    positive: int | None,
+    score_fn: Metric,
+    *,
+    stop: str,
+    constrained: bool,
+    max_depth: int,
+    min_cluster_size: int,
+    max_iter: int,
+    rng: np.random.RandomState,
+) -> tuple[IntArray, list[Step]]:
+    """The paper's SIC: a seeded split, then repeated re-splits of each target cluster.
+
+    Binary: the target is the positive cluster. Multi-class: every class in turn is treated as the
+    positive of a one-vs-rest refinement; patches removed from its cluster go to the nearest other
+    class centroid.
+    """
+    seeded = np.flatnonzero(s >= 0)
+    branch0 = "constrained-kmeans" if constrained else "seeded-kmeans"
+    labels = _seeded_split(X, s, classes, constrained, max_iter)
+    score = score_fn(s[seeded], labels[seeded])
+    history = [Step(0, branch0, score, tuple(int(np.sum(labels == c)) for c in classes), True)]
+    targets = [positive] if positive is not None else list(classes)
+    depth = 0
+    for target in targets:
+        for _ in range(max_depth):
+            member = np.flatnonzero(labels == target)
+            if member.size < 2 * min_cluster_size:
+                break
+            s_sub = s[member]
+            has_pos = np.any(s_sub == target)
+            has_neg = np.any((s_sub >= 0) & (s_sub != target))
+            if not has_pos:
+                break
+            Xs = X[member]
+            if has_neg:
+                binary = np.where(s_sub == target, 1, np.where(s_sub >= 0, 0, UNLABELLED))
+                km = SeededKMeans(n_clusters=2, constrained=constrained, max_iter=max_iter)
+                km.fit(Xs, seeds=binary)
+                keep = km.labels_ == 1
+                branch = branch0
+            else:
+                km = SeededKMeans(n_clusters=2, max_iter=max_iter, random_state=rng)
+                km.fit(Xs)
+                pos_votes = np.bincount(km.labels_[s_sub == target], minlength=2)
+                keep = km.labels_ == int(np.argmax(pos_votes))
+                branch = "kmeans"
+            n_keep = int(keep.sum())
+            depth += 1
+            if n_keep < min_cluster_size or member.size - n_keep < min_cluster_size:
+                history.append(
+                    Step(depth, branch, float("nan"), (n_keep, member.size - n_keep), False)
+                )
+                break
+            new = labels.copy()
+            removed = member[~keep]
+            if positive is not None:
+                (other,) = [c for c in classes if c != positive]
+                new[removed] = other
+            else:
+                others = [c for c in classes if c != target and np.any(labels == c)]
+                if not others:
+                    break
+                C = np.stack([X[labels == c].mean(axis=0) for c in others]).astype(X.dtype)
+                Xr = X[removed]
+                near = np.argmax(Xr @ C.T - 0.5 * np.einsum("ij,ij->i", C, C), axis=1)
+                new[removed] = np.asarray(others, dtype=np.int64)[near]
+            new_score = score_fn(s[seeded], new[seeded])
+            worse = new_score < score if stop == "drop" else new_score <= score
+            sizes = tuple(int(np.sum(new == c)) for c in classes)
+            history.append(Step(depth, branch, new_score, sizes, not worse))
+            if worse:
+                break
+            labels, score = new, new_score
+    return labels, history
+
+
+def _centroid(
+    X: FloatArray, s: IntArray, classes: tuple[int, ...], max_iter: int
+) -> tuple[IntArray, FloatArray]:
+    """Seeded k-means in the subspace spanned by the seed-class means.
+
+    Binary: project every patch on the axis from the negative to the positive seed mean and split
+    that 1-D projection into two groups with seeded 2-means. Multi-class: the same in the
+    (k-1)-dimensional span of the class means. Noise orthogonal to the seed axes, which dominates
+    k-means in the full space, cannot move the split.
+    """
+    means = np.stack([X[s == c].mean(axis=0) for c in classes]).astype(np.float64)
+    basis = means[1:] - means[0]
+    q, _ = np.linalg.qr(basis.T)
+    P = (X.astype(np.float64) - means[0]) @ q
+    km = SeededKMeans(n_clusters=len(classes), max_iter=max_iter)
+    km.fit(P, seeds=s)
+    labels = np.asarray(classes, dtype=np.int64)[km.labels_]
+    C = km.cluster_centers_
+    d = np.sqrt(np.maximum(((P[:, None, :] - C[None, :, :]) ** 2).sum(axis=2), 0.0))
+    rows = np.arange(P.shape[0])
+    d_own = d[rows, km.labels_]
+    d[rows, km.labels_] = np.inf
+    d_other = d.min(axis=1)
+    denom = d_own + d_other
+    conf = np.where(denom > 0, d_other / np.where(denom > 0, denom, 1.0), 0.5)
+    return labels, np.clip(conf, 0.0, 1.0)
+
+
+def _logreg(X: FloatArray, s: IntArray, classes: tuple[int, ...]) -> tuple[IntArray, FloatArray]:
+    """L2-regularised logistic regression trained on the seed patches, balanced class weights."""
+    from sklearn.linear_model import LogisticRegression
+
+    seeded = s >= 0
+    # One global scale, not per-feature standardisation: per-feature scaling would inflate the
+    # many noise dimensions of an embedding to the size of the few informative ones.
+    Z = X - X.mean(axis=0)
+    scale = float(np.sqrt(np.mean(Z.astype(np.float64) ** 2))) or 1.0
+    Z = Z / scale
+    clf = LogisticRegression(C=0.1, class_weight="balanced", max_iter=1000)
+    clf.fit(Z[seeded], s[seeded])
+    proba = clf.predict_proba(Z)
+    idx = np.argmax(proba, axis=1)
+    labels = clf.classes_[idx].astype(np.int64)
+    return labels, proba[np.arange(labels.shape[0]), idx].astype(np.float64)
+
+
+def _spreading(
+    X: FloatArray, s: IntArray, classes: tuple[int, ...], random_state: int | None
+) -> tuple[IntArray, FloatArray]:
+    """Label spreading on a k-nearest-neighbour graph (in at most 32 principal components)."""
+    from sklearn.decomposition import PCA
+    from sklearn.semi_supervised import LabelSpreading
+
+    Z = X
+    if X.shape[1] > 32 and X.shape[0] > 32:
+        Z = PCA(n_components=32, random_state=random_state).fit_transform(X)
+    n_neighbors = int(min(10, max(1, X.shape[0] - 1)))
+    model = LabelSpreading(kernel="knn", n_neighbors=n_neighbors, alpha=0.2, max_iter=100)
+    model.fit(Z, s)
+    dist = model.label_distributions_
+    dist = np.nan_to_num(dist, nan=1.0 / dist.shape[1])
+    idx = np.argmax(dist, axis=1)
+    labels = model.classes_[idx].astype(np.int64)
+    return labels, dist[np.arange(labels.shape[0]), idx].astype(np.float64)
+
+
+def seeded_iterative_clustering(
+    X: npt.ArrayLike,
+    seeds: npt.ArrayLike,
+    *,
+    method: str = DEFAULT_METHOD,
+    positive: int | None = 1,
+    metric: str | Metric = "f1",
+    stop: Literal["drop", "strict"] = "drop",
+    constrained: bool = False,
+    max_depth: int = 8,
+    min_cluster_size: int = 2,
+    max_iter: int = 100,
+    nuisance: npt.ArrayLike | None = None,
+    grid: npt.ArrayLike | None = None,
+    preprocess: Preprocess | None = None,
+    random_state: int | None = None,
+) -> ClusterResult:
+    """Cluster patch embeddings from a few seed patches.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_patches, dim)
+        Patch embeddings.
+    seeds : array-like of int of shape (n_patches,)
+        Class id of each seed patch, -1 for unlabelled patches. At least two classes must be
+        seeded.
+    method : {"sic", "seeded-kmeans", "centroid", "logreg", "spreading"}, default=DEFAULT_METHOD
+        ``"sic"`` is the paper's algorithm (a seeded k-means split, then the positive cluster is
+        re-split until the score on the seeds drops). ``"seeded-kmeans"`` is its first step alone.
+        ``"centroid"`` is seeded k-means on the projection onto the seed-mean axis (or, multi-class,
+        the span of the class means). ``"logreg"`` trains a regularised logistic regression on the
+        seed patches. ``"spreading"`` spreads seed labels over a k-NN graph (slow for 100k+
+        patches).
+    positive : int or None, default=1
+        Binary: the positive class id; it must be one of the two seeded classes. Ignored (and
+        reported as None) when three or more classes are seeded.
+    metric : {"f1", "accuracy", "balanced_accuracy", "mcc"} or callable, default="f1"
+        Score on the seed patches that drives SIC's stopping rule. Multi-class "f1" is macro F1.
+    stop : {"drop", "strict"}, default="drop"
+        ``"drop"`` (the paper): keep refining while the score does not go down, and keep the last
+        labelling before it drops. ``"strict"``: keep refining only while the score improves.
+    constrained : bool, default=False
+        Constrained-KMeans (seed patches pinned to their class) instead of Seeded-KMeans, in the
+        k-means based methods.
+    max_depth : int, default=8
+        Maximum number of refinement splits per target cluster (SIC).
+    min_cluster_size : int, default=2
+        A split that would leave a part smaller than this is not made (SIC).
+    max_iter : int, default=100
+        Lloyd iterations per split.
+    nuisance : array-like of shape (n_patches, k), optional
+        Per-patch nuisance variables (tissue and white fractions) for :class:`Preprocess`.
+    grid : array-like of int of shape (n_patches, 2), optional
+        Patch positions on the patch grid, for smoothing.
+    preprocess : Preprocess or None, default=None
+        Feature cleaning. None applies the default :class:`Preprocess` (its steps run only where
+        ``nuisance``/``grid`` are given). Pass :data:`PAPER_PREPROCESS` for raw features.
+    random_state : int or None, default=None
+        Seeds the unseeded k-means splits; the same inputs and random_state give the same labels.
+
+    Returns
+    -------
+    ClusterResult
+
+    Raises
+    ------
+    InvalidInputError
+        NaN/inf in X, wrong shapes, fewer than two seeded classes, a positive class that is not
+        seeded, fewer patches than clusters, unknown method/metric/stop.
+
+    Notes
+    -----
+    Multi-class design (three or more seeded classes). ``sic``: one seeded k-means with one
+    centre per class, then each class in turn is refined one-vs-rest as in binary SIC (the score
+    is macro F1 on the seeds); patches split off a class go to the nearest other class centroid.
+    ``centroid``: seeded k-means in the span of the class means. ``logreg``/``spreading``:
+    multinomial by construction. The evaluation compares these with one-vs-rest binary runs
+    (``docs/EVALUATION.md``).
+    """
+    Xa = _check_X(X)
+    n = Xa.shape[0]
+    s = _check_seeds(seeds, n)
+    if method not in METHODS:
+        raise InvalidInputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if stop not in ("drop", "strict"):
+        raise InvalidInputError(f"stop must be 'drop' or 'strict', got {stop!r}")
+    if max_depth < 0 or min_cluster_size < 1 or max_iter < 1:
+        raise InvalidInputError(
+            f"max_depth >= 0, min_cluster_size >= 1 and max_iter >= 1 are required, got "
+            f"{max_depth}, {min_cluster_size}, {max_iter}"
+        )
+    classes = tuple(int(c) for c in np.unique(s[s >= 0]))
+    if len(classes) < 2:
+        found = f"only class {classes[0]}" if classes else "no seeds"
+        raise InvalidInputError(
+            f"at least two seeded classes are needed, found {found}; "
+            "place seeds of the positive class and of at least one other class"
+        )
+    if n < len(classes):
+        raise InvalidInputError(
+            f"n_patches={n} is smaller than the number of clusters {len(classes)}"
+        )
+    if len(classes) == 2:
+        if positive is None or positive not in classes:
+            raise InvalidInputError(
+                f"positive class {positive!r} has no seeds; seeded classes are {list(classes)}"
+            )
+        pos: int | None = int(positive)
+    else:
+        pos = None
+    config = Preprocess() if preprocess is None else preprocess
+    Xp = preprocess_features(Xa, nuisance=nuisance, grid=grid, config=config)
+    rng = check_random_state(random_state)
+    score_fn = _make_metric(metric, pos, classes)
+    seeded = np.flatnonzero(s >= 0)
+
+    history: list[Step]
+    confidence: FloatArray | None = None
+    if method == "sic":
+        labels, history = _sic(
+            Xp,
+            s,
+            classes,
+            pos,
+            score_fn,
+            stop=stop,
+            constrained=constrained,
+            max_depth=max_depth,
+            min_cluster_size=min_cluster_size,
+            max_iter=max_iter,
+            rng=rng,
+        )
+    elif method == "seeded-kmeans":
+        labels = _seeded_split(Xp, s, classes, constrained, max_iter)
+        history = []
+    elif method == "centroid":
+        labels, confidence = _centroid(Xp, s, classes, max_iter)
+        history = []
+    elif method == "logreg":
+        labels, confidence = _logreg(Xp, s, classes)
+        history = []
+    else:
+        labels, confidence = _spreading(Xp, s, classes, random_state)
+        history = []
+    score = score_fn(s[seeded], labels[seeded])
+    if not history:
+        history = [Step(0, method, score, tuple(int(np.sum(labels == c)) for c in classes), True)]
+    if confidence is None:
+        confidence = _centroid_confidence(Xp, labels, classes)
+    return ClusterResult(
+        labels=labels.astype(np.int64),
+        confidence=np.asarray(confidence, dtype=np.float64),
+        classes=classes,
+        positive=pos,
+        history=history,
+        seeds=s,
+        method=method,
+        score=float(score),
+        preprocess=config,
+    )
+
+
+def suggest_seeds(
+    result: ClusterResult,
+    n: int,
+    *,
+    grid: npt.ArrayLike | None = None,
+    pool_factor: int = 10,
+) -> IntArray:
+    """Patches where a new seed would help most: least certain, not yet seeded, spread out.
+
+    Takes the ``pool_factor * n`` least confident unseeded patches, then picks greedily the one
+    that maximises uncertainty times distance to the seeds and to the picks so far (on the patch
+    grid when ``grid`` is given, so suggestions land in different regions of the slide rather than
+    in one uncertain blob).
+
+    Parameters
+    ----------
+    result : ClusterResult
+    n : int
+        Number of suggestions (fewer when fewer patches are unseeded).
+    grid : array-like of int of shape (n_patches, 2), optional
+    pool_factor : int, default=10
+
+    Returns
+    -------
+    ndarray of int of shape (<= n,)
+        Patch indices, most useful first.
+    """
+    if n < 0:
+        raise InvalidInputError(f"n must be >= 0, got {n}")
+    conf = result.confidence
+    unseeded = np.flatnonzero(result.seeds < 0)
+    if n == 0 or unseeded.size == 0:
+        return np.empty(0, dtype=np.int64)
+    uncertainty = 1.0 - conf[unseeded]
+    pool_size = min(unseeded.size, max(n * pool_factor, n))
+    order = np.argsort(-uncertainty, kind="stable")[:pool_size]
+    pool = unseeded[order]
+    u = uncertainty[order]
+    if grid is None:
+        return pool[:n].astype(np.int64)
+    G = np.asarray(grid, dtype=np.float64)
+    if G.shape != (result.n_patches, 2):
+        raise InvalidInputError(f"grid must have shape ({result.n_patches}, 2), got {G.shape}")
+    seeded = np.flatnonzero(result.seeds >= 0)
+    P = G[pool]
+    if seeded.size:
+        diff = P[:, None, :] - G[seeded][None, :, :]
+        mind = np.sqrt((diff**2).sum(axis=2)).min(axis=1)
+    else:
+        mind = np.full(pool.size, np.inf)
+    picks: list[int] = []
+    scale = float(np.ptp(G, axis=0).max() or 1.0)
+    for _ in range(min(n, pool.size)):
+        spread = np.minimum(mind, scale) / scale if math.isfinite(scale) else np.ones_like(mind)
+        value = (u + 1e-6) * (0.1 + spread)
+        if picks:
+            value[picks] = -np.inf
+        j = int(np.argmax(value))
+        picks.append(j)
+        mind = np.minimum(mind, np.sqrt(((P - P[j]) ** 2).sum(axis=1)))
+    return pool[picks].astype(np.int64)

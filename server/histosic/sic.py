@@ -80,7 +80,9 @@ def _check_X(X: npt.ArrayLike) -> FloatArray:
         arr = arr.astype(np.float64)
     elif arr.dtype not in (np.float32, np.float64):
         arr = arr.astype(np.float32)
-    if not np.isfinite(arr).all():
+    # One summed pass instead of a full boolean mask: a sum is finite iff every term is (for
+    # embedding-sized values, far from float overflow); only a failure pays for the slow search.
+    if not np.isfinite(np.add.reduce(arr, axis=None, dtype=np.float64)):
         bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
         raise InvalidInputError(
             f"X has NaN or infinite values in {bad.size} row(s) (first: row {int(bad[0])}); "
@@ -166,19 +168,152 @@ def _lloyd(
     return labels, C, n_iter
 
 
-def _kmeans_pp_init(X: FloatArray, k: int, rng: np.random.RandomState) -> FloatArray:
-    """k-means++ initial centres (for unseeded splits)."""
+def _lloyd2(
+    X: FloatArray,
+    centers: FloatArray,
+    *,
+    norms: FloatArray | None = None,
+    pinned_idx: IntArray | None = None,
+    pinned_lab: IntArray | None = None,
+    max_iter: int = 100,
+) -> tuple[IntArray, FloatArray, int]:
+    """Exact Lloyd iterations for two clusters with Hamerly-style bounds; same result as :func:`_lloyd`.
+
+    With two centres, the assignment is the sign of the margin ``x.w - b`` with ``w = c1 - c0`` and
+    ``b = (|c1|^2 - |c0|^2) / 2``. When the centres move, a margin changes by at most
+    ``|x| |dw| + |db|``, so a point whose known margin exceeds that bound cannot change cluster and
+    is not looked at again. Only the first iteration streams all of ``X``; later ones touch the few
+    points near the boundary, and the centre sums are updated from the points that moved.
+    """
+    n, d = X.shape
+    if norms is None:
+        norms = np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64))
+    c = np.asarray(centers, dtype=np.float64)
+    w = c[1] - c[0]
+    b = 0.5 * (c[1] @ c[1] - c[0] @ c[0])
+    margin = np.empty(n, dtype=np.float64)
+    block = max(256, _BLOCK_BYTES // max(d * X.dtype.itemsize, 1))
+    wx = w.astype(X.dtype)
+    total = np.zeros(d, dtype=np.float64)
+    s1 = np.zeros(d, dtype=np.float64)
+    lab = np.empty(n, dtype=bool)
+    for start in range(0, n, block):
+        Xb = X[start : start + block]
+        mb = Xb @ wx - b
+        margin[start : start + block] = mb
+        lb = mb > 0
+        lab[start : start + block] = lb
+        total += Xb.sum(axis=0, dtype=np.float64)
+        if pinned_idx is None:
+            s1 += lb.astype(X.dtype) @ Xb
+    pinned_mask = None
+    if pinned_idx is not None and pinned_lab is not None:
+        lab[pinned_idx] = pinned_lab == 1
+        pinned_mask = np.zeros(n, dtype=bool)
+        pinned_mask[pinned_idx] = True
+        for start in range(0, n, block):
+            s1 += lab[start : start + block].astype(X.dtype) @ X[start : start + block]
+    bound = np.abs(margin)
+    if pinned_mask is not None:
+        bound[pinned_mask] = np.inf
+    n1 = int(lab.sum())
+    n_iter = 1
+    for n_iter in range(1, max_iter + 1):  # noqa: B007 - n_iter is returned
+        n0 = n - n1
+        if n1 > 0:
+            c[1] = s1 / n1
+        if n0 > 0:
+            c[0] = (total - s1) / n0
+        w_new = c[1] - c[0]
+        b_new = 0.5 * (c[1] @ c[1] - c[0] @ c[0])
+        dw = float(np.linalg.norm(w_new - w))
+        db = abs(float(b_new - b))
+        w, b = w_new, b_new
+        if n_iter == max_iter:
+            break
+        bound -= norms * dw + db
+        cand = np.flatnonzero(bound <= 0)
+        if cand.size == 0:
+            break
+        m = X[cand] @ w.astype(X.dtype) - b
+        bound[cand] = np.abs(m)
+        new_lab = m > 0
+        moved = cand[new_lab != lab[cand]]
+        if moved.size == 0:
+            break  # no label changed: the centres are a fixed point (converged)
+        to1 = moved[~lab[moved]]
+        to0 = moved[lab[moved]]
+        if to1.size:
+            s1 += X[to1].sum(axis=0, dtype=np.float64)
+        if to0.size:
+            s1 -= X[to0].sum(axis=0, dtype=np.float64)
+        lab[moved] = ~lab[moved]
+        n1 += int(to1.size) - int(to0.size)
+    return lab.astype(np.int64), c.astype(X.dtype), n_iter
+
+
+def _kmeans_pp_init(
+    X: FloatArray, k: int, rng: np.random.RandomState, sq_norms: FloatArray | None = None
+) -> FloatArray:
+    """k-means++ initial centres (for unseeded splits); one matrix-vector pass per centre."""
     n = X.shape[0]
+    if sq_norms is None:
+        sq_norms = np.einsum("ij,ij->i", X, X, dtype=np.float64)
+
+    def sqdist(i: int) -> FloatArray:
+        xi = X[i]
+        return np.maximum(sq_norms - 2.0 * (X @ xi) + float(xi @ xi), 0.0)
+
     first = int(rng.randint(n))
-    centers = [X[first].astype(np.float64)]
-    d2 = np.einsum("ij,ij->i", X - X[first], X - X[first]).astype(np.float64)
+    chosen = [first]
+    d2 = sqdist(first)
     for _ in range(1, k):
-        total = d2.sum()
+        total = float(d2.sum())
         idx = int(rng.choice(n, p=d2 / total)) if total > 0 else int(rng.randint(n))
-        centers.append(X[idx].astype(np.float64))
-        diff = X - X[idx]
-        d2 = np.minimum(d2, np.einsum("ij,ij->i", diff, diff))
-    return np.asarray(centers, dtype=X.dtype)
+        chosen.append(idx)
+        d2 = np.minimum(d2, sqdist(idx))
+    return np.asarray(X[chosen], dtype=X.dtype)
+
+
+def _seeded_kmeans(
+    X: FloatArray,
+    s: IntArray,
+    n_clusters: int,
+    *,
+    constrained: bool,
+    max_iter: int,
+    rng: np.random.RandomState,
+    norms: FloatArray | None = None,
+) -> tuple[IntArray, FloatArray, IntArray, int]:
+    """Seeded/Constrained-KMeans on validated data; returns labels, centres, seed classes, n_iter.
+
+    Cluster ``i`` starts at the mean of the ``i``-th smallest seed class; clusters beyond the seeded
+    classes start from k-means++.
+    """
+    n = X.shape[0]
+    classes = np.unique(s[s >= 0])
+    k = max(int(n_clusters), classes.size)
+    if n < k:
+        raise InvalidInputError(
+            f"n_samples={n} is smaller than the number of clusters {k}; "
+            "give more patches or fewer clusters"
+        )
+    centers = np.empty((k, X.shape[1]), dtype=X.dtype)
+    for i, c in enumerate(classes):
+        centers[i] = X[s == c].mean(axis=0)
+    if k > classes.size:
+        sq = None if norms is None else norms**2
+        centers[classes.size :] = _kmeans_pp_init(X, k - classes.size, rng, sq)
+    pinned_idx = pinned_lab = None
+    if constrained and classes.size:
+        pinned_idx = np.flatnonzero(s >= 0)
+        pinned_lab = np.searchsorted(classes, s[pinned_idx]).astype(np.int64)
+    lloyd = _lloyd2 if k == 2 else _lloyd
+    kwargs: dict[str, Any] = {"norms": norms} if k == 2 else {}
+    labels, C, n_iter = lloyd(
+        X, centers, pinned_idx=pinned_idx, pinned_lab=pinned_lab, max_iter=max_iter, **kwargs
+    )
+    return labels, C, classes.astype(np.int64), n_iter
 
 
 class SeededKMeans(ClusterMixin, BaseEstimator):  # type: ignore[misc]
@@ -250,39 +385,26 @@ class SeededKMeans(ClusterMixin, BaseEstimator):  # type: ignore[misc]
             raise InvalidInputError(f"max_iter must be a positive integer, got {self.max_iter!r}")
         n = Xv.shape[0]
         rng = check_random_state(self.random_state)
-        if seeds is None:
-            s = np.full(n, UNLABELLED, dtype=np.int64)
-        else:
-            s = _check_seeds(seeds, n)
-        classes = np.unique(s[s >= 0])
-        k = max(int(self.n_clusters), classes.size)
-        if n < k:
-            raise InvalidInputError(
-                f"n_samples={n} is smaller than the number of clusters {k}; "
-                "give more patches or fewer clusters"
-            )
-        centers = np.empty((k, Xv.shape[1]), dtype=Xv.dtype)
-        for i, c in enumerate(classes):
-            centers[i] = Xv[s == c].mean(axis=0)
-        if k > classes.size:
-            centers[classes.size :] = _kmeans_pp_init(Xv, k - classes.size, rng)
-        pinned_idx = pinned_lab = None
-        if self.constrained and classes.size:
-            pinned_idx = np.flatnonzero(s >= 0)
-            pinned_lab = np.searchsorted(classes, s[pinned_idx]).astype(np.int64)
-        labels, C, n_iter = _lloyd(
-            np.ascontiguousarray(Xv),
-            centers,
-            pinned_idx=pinned_idx,
-            pinned_lab=pinned_lab,
+        s = np.full(n, UNLABELLED, dtype=np.int64) if seeds is None else _check_seeds(seeds, n)
+        Xc = np.ascontiguousarray(Xv)
+        labels, C, classes, n_iter = _seeded_kmeans(
+            Xc,
+            s,
+            int(self.n_clusters),
+            constrained=bool(self.constrained),
             max_iter=int(self.max_iter),
+            rng=rng,
         )
         self.cluster_centers_ = C
         self.labels_ = labels
         self.seed_classes_ = classes
         self.n_iter_ = n_iter
-        diff = Xv - C[labels]
-        self.inertia_ = float(np.einsum("ij,ij->", diff, diff))
+        # Centres are the means of their final members, so the inertia needs no second pass
+        # over differences: sum |x|^2 - sum_k n_k |c_k|^2.
+        counts = np.bincount(labels, minlength=C.shape[0]).astype(np.float64)
+        sq_total = float(np.einsum("ij,ij->", Xc, Xc, dtype=np.float64))
+        c64 = C.astype(np.float64)
+        self.inertia_ = max(sq_total - float(counts @ np.einsum("ij,ij->i", c64, c64)), 0.0)
         return self
 
     def predict(self, X: npt.ArrayLike) -> IntArray:
@@ -544,13 +666,25 @@ def _centroid_confidence(X: FloatArray, labels: IntArray, classes: Sequence[int]
 
 
 def _seeded_split(
-    X: FloatArray, s: IntArray, classes: Sequence[int], constrained: bool, max_iter: int
+    X: FloatArray,
+    s: IntArray,
+    classes: Sequence[int],
+    constrained: bool,
+    max_iter: int,
+    norms: FloatArray | None = None,
 ) -> IntArray:
     """Seeded (or constrained) k-means with one cluster per class; returns class ids."""
-    km = SeededKMeans(n_clusters=len(classes), constrained=constrained, max_iter=max_iter)
     s_local = np.where(np.isin(s, classes), s, UNLABELLED)
-    km.fit(X, seeds=s_local)
-    return np.asarray(classes, dtype=np.int64)[km.labels_]
+    labels, _, _, _ = _seeded_kmeans(
+        X,
+        s_local,
+        len(classes),
+        constrained=constrained,
+        max_iter=max_iter,
+        rng=np.random.RandomState(0),
+        norms=norms,
+    )
+    return np.asarray(classes, dtype=np.int64)[labels]
 
 
 def _sic(
@@ -575,7 +709,9 @@ def _sic(
     """
     seeded = np.flatnonzero(s >= 0)
     branch0 = "constrained-kmeans" if constrained else "seeded-kmeans"
-    labels = _seeded_split(X, s, classes, constrained, max_iter)
+    # Row norms once: the two-cluster Lloyd uses them for its bounds, on X and on every subset.
+    norms = np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64))
+    labels = _seeded_split(X, s, classes, constrained, max_iter, norms)
     score = score_fn(s[seeded], labels[seeded])
     history = [Step(0, branch0, score, tuple(int(np.sum(labels == c)) for c in classes), True)]
     targets = [positive] if positive is not None else list(classes)
@@ -593,15 +729,30 @@ def _sic(
             Xs = X[member]
             if has_neg:
                 binary = np.where(s_sub == target, 1, np.where(s_sub >= 0, 0, UNLABELLED))
-                km = SeededKMeans(n_clusters=2, constrained=constrained, max_iter=max_iter)
-                km.fit(Xs, seeds=binary)
-                keep = km.labels_ == 1
+                sub_labels, _, _, _ = _seeded_kmeans(
+                    Xs,
+                    binary,
+                    2,
+                    constrained=constrained,
+                    max_iter=max_iter,
+                    rng=rng,
+                    norms=norms[member],
+                )
+                keep = sub_labels == 1
                 branch = branch0
             else:
-                km = SeededKMeans(n_clusters=2, max_iter=max_iter, random_state=rng)
-                km.fit(Xs)
-                pos_votes = np.bincount(km.labels_[s_sub == target], minlength=2)
-                keep = km.labels_ == int(np.argmax(pos_votes))
+                unseeded = np.full(member.size, UNLABELLED, dtype=np.int64)
+                sub_labels, _, _, _ = _seeded_kmeans(
+                    Xs,
+                    unseeded,
+                    2,
+                    constrained=False,
+                    max_iter=max_iter,
+                    rng=rng,
+                    norms=norms[member],
+                )
+                pos_votes = np.bincount(sub_labels[s_sub == target], minlength=2)
+                keep = sub_labels == int(np.argmax(pos_votes))
                 branch = "kmeans"
             n_keep = int(keep.sum())
             depth += 1

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
 from histosic.errors import HistosicError, InvalidInputError
 from histosic.sic import (
     METHODS,
@@ -18,7 +20,6 @@ from histosic.sic import (
     seeded_iterative_clustering,
     suggest_seeds,
 )
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 
 @parametrize_with_checks([SeededKMeans(), SeededKMeans(constrained=True, n_clusters=3)])  # type: ignore[untyped-decorator]
@@ -181,7 +182,7 @@ def test_callable_metric_and_other_class_ids() -> None:
         calls.append(1)
         return float(np.mean(t == p))
 
-    r = seeded_iterative_clustering(X, s, method="sic", positive=7, metric=metric)
+    r = seeded_iterative_clustering(X, s, method="sic", positive=7, metric=metric, stop="strict")
     assert set(np.unique(r.labels)) == {3, 7}
     assert calls
     assert np.mean(r.labels == ids) > 0.97

@@ -177,7 +177,7 @@ def _lloyd2(
     pinned_lab: IntArray | None = None,
     max_iter: int = 100,
 ) -> tuple[IntArray, FloatArray, int]:
-    """Exact Lloyd iterations for two clusters with Hamerly-style bounds; same result as :func:`_lloyd`.
+    """Exact two-cluster Lloyd iterations with Hamerly-style bounds (same result as `_lloyd`).
 
     With two centres, the assignment is the sign of the margin ``x.w - b`` with ``w = c1 - c0`` and
     ``b = (|c1|^2 - |c0|^2) / 2``. When the centres move, a margin changes by at most
@@ -218,7 +218,7 @@ def _lloyd2(
         bound[pinned_mask] = np.inf
     n1 = int(lab.sum())
     n_iter = 1
-    for n_iter in range(1, max_iter + 1):  # noqa: B007 - n_iter is returned
+    for n_iter in range(1, max_iter + 1):
         n0 = n - n1
         if n1 > 0:
             c[1] = s1 / n1
@@ -262,7 +262,7 @@ def _kmeans_pp_init(
 
     def sqdist(i: int) -> FloatArray:
         xi = X[i]
-        return np.maximum(sq_norms - 2.0 * (X @ xi) + float(xi @ xi), 0.0)
+        return np.asarray(np.maximum(sq_norms - 2.0 * (X @ xi) + float(xi @ xi), 0.0))
 
     first = int(rng.randint(n))
     chosen = [first]

@@ -25,10 +25,10 @@ install-demo: $(VENV)/.installed-demo
 # System packages the tests use (Java + Groovy for the QuPath scripts), on Debian when run as root.
 system-deps:
 	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
-	  if ! command -v groovy >/dev/null 2>&1; then \
+	  if ! command -v groovy >/dev/null 2>&1 || [ ! -f /usr/share/java/gson.jar ]; then \
 	    echo "installing Java and Groovy from Debian (for the Groovy script tests)"; \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jdk-headless groovy >/dev/null 2>&1 || \
-	    (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jdk-headless groovy >/dev/null) || \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jdk-headless groovy libgoogle-gson-java >/dev/null 2>&1 || \
+	    (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jdk-headless groovy libgoogle-gson-java >/dev/null) || \
 	    echo "warning: could not install groovy; Groovy tests will be skipped"; \
 	  fi; \
 	fi

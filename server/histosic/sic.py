@@ -23,14 +23,15 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from sklearn.base import BaseEstimator, ClusterMixin
-from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
 from histosic.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from histosic._estimator import SeededKMeans
 
 __all__ = [
     "DEFAULT_METHOD",
@@ -316,109 +317,14 @@ def _seeded_kmeans(
     return labels, C, classes.astype(np.int64), n_iter
 
 
-class SeededKMeans(ClusterMixin, BaseEstimator):  # type: ignore[misc]
-    """Seeded-KMeans and Constrained-KMeans (Basu, Banerjee & Mooney 2002).
+def __getattr__(name: str) -> Any:
+    # SeededKMeans subclasses scikit-learn's BaseEstimator, whose import costs most of a second;
+    # the clustering itself needs only numpy, so the estimator class loads on first use.
+    if name == "SeededKMeans":
+        from histosic._estimator import SeededKMeans
 
-    Parameters
-    ----------
-    n_clusters : int, default=2
-        Number of clusters when ``fit`` is called without seeds, or when more clusters than seeded
-        classes are wanted (the extra centres start from k-means++ on the data).
-    constrained : bool, default=False
-        Pin seed points to their class's cluster (Constrained-KMeans). With False, seed points may
-        change cluster during the Lloyd iterations (Seeded-KMeans).
-    max_iter : int, default=100
-        Maximum number of Lloyd iterations; they stop earlier when no label changes.
-    random_state : int, RandomState instance or None, default=None
-        Used only for the centres that no seed class provides.
-
-    Attributes
-    ----------
-    cluster_centers_ : ndarray of shape (n_clusters_, n_features)
-    labels_ : ndarray of shape (n_samples,)
-        Cluster index of each training point. With seeds, cluster ``i`` is the cluster whose centre
-        started at the mean of the ``i``-th smallest seed class (see ``seed_classes_``).
-    seed_classes_ : ndarray of shape (n_seed_classes,)
-        The seed class ids, sorted; empty without seeds.
-    n_iter_ : int
-    inertia_ : float
-        Sum of squared distances of points to their cluster centre.
-    n_features_in_ : int
-    """
-
-    def __init__(
-        self,
-        n_clusters: int = 2,
-        *,
-        constrained: bool = False,
-        max_iter: int = 100,
-        random_state: int | np.random.RandomState | None = None,
-    ) -> None:
-        self.n_clusters = n_clusters
-        self.constrained = constrained
-        self.max_iter = max_iter
-        self.random_state = random_state
-
-    def fit(
-        self, X: npt.ArrayLike, y: object = None, seeds: npt.ArrayLike | None = None
-    ) -> SeededKMeans:
-        """Cluster ``X`` starting from the seed-class means.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-        y : ignored
-        seeds : array-like of shape (n_samples,), default=None
-            Class id per sample, -1 for unlabelled. Without seeds this is k-means with k-means++
-            initialisation and ``n_clusters`` clusters.
-
-        Returns
-        -------
-        self : SeededKMeans
-        """
-        Xv: FloatArray = validate_data(self, X, dtype=[np.float64, np.float32], reset=True)
-        if not isinstance(self.n_clusters, (int, np.integer)) or self.n_clusters < 1:
-            raise InvalidInputError(
-                f"n_clusters must be a positive integer, got {self.n_clusters!r}"
-            )
-        if not isinstance(self.max_iter, (int, np.integer)) or self.max_iter < 1:
-            raise InvalidInputError(f"max_iter must be a positive integer, got {self.max_iter!r}")
-        n = Xv.shape[0]
-        rng = check_random_state(self.random_state)
-        s = np.full(n, UNLABELLED, dtype=np.int64) if seeds is None else _check_seeds(seeds, n)
-        Xc = np.ascontiguousarray(Xv)
-        labels, C, classes, n_iter = _seeded_kmeans(
-            Xc,
-            s,
-            int(self.n_clusters),
-            constrained=bool(self.constrained),
-            max_iter=int(self.max_iter),
-            rng=rng,
-        )
-        self.cluster_centers_ = C
-        self.labels_ = labels
-        self.seed_classes_ = classes
-        self.n_iter_ = n_iter
-        # Centres are the means of their final members, so the inertia needs no second pass
-        # over differences: sum |x|^2 - sum_k n_k |c_k|^2.
-        counts = np.bincount(labels, minlength=C.shape[0]).astype(np.float64)
-        sq_total = float(np.einsum("ij,ij->", Xc, Xc, dtype=np.float64))
-        c64 = C.astype(np.float64)
-        self.inertia_ = max(sq_total - float(counts @ np.einsum("ij,ij->i", c64, c64)), 0.0)
-        return self
-
-    def predict(self, X: npt.ArrayLike) -> IntArray:
-        """Index of the nearest cluster centre for each sample, shape (n_samples,)."""
-        check_is_fitted(self)
-        Xv: FloatArray = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        C = self.cluster_centers_.astype(Xv.dtype)
-        scores = Xv @ C.T - 0.5 * np.einsum("ij,ij->i", C, C)
-        return np.asarray(np.argmax(scores, axis=1), dtype=np.int64)
-
-    def fit_predict(
-        self, X: npt.ArrayLike, y: object = None, seeds: npt.ArrayLike | None = None
-    ) -> IntArray:
-        return self.fit(X, y, seeds=seeds).labels_  # type: ignore[no-any-return]
+        return SeededKMeans
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -520,8 +426,10 @@ def preprocess_features(
         keep = Zc.std(axis=0) > 1e-9
         if keep.any():
             Zc = Zc[:, keep]
-            beta, *_ = np.linalg.lstsq(Zc, out.astype(np.float64), rcond=None)
-            out = (out - (Zc @ beta).astype(out.dtype)).astype(Xa.dtype)
+            # Normal equations with the (n, k) nuisance in X's precision: no float64 copy of X.
+            Zx = Zc.astype(out.dtype)
+            beta = np.linalg.pinv(Zc.T @ Zc) @ (Zx.T @ out).astype(np.float64)
+            out = out - Zx @ beta.astype(out.dtype)
     if config.smooth_radius > 0 and grid is not None:
         G = np.asarray(grid)
         if G.shape != (n, 2) or not np.issubdtype(G.dtype, np.integer):
@@ -615,26 +523,42 @@ class ClusterResult:
 # --------------------------------------------------------------------------------------------
 
 
+def _f1(t: IntArray, p: IntArray, label: int) -> float:
+    tp = float(np.count_nonzero((t == label) & (p == label)))
+    fp = float(np.count_nonzero((t != label) & (p == label)))
+    fn = float(np.count_nonzero((t == label) & (p != label)))
+    return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+def _mcc(t: IntArray, p: IntArray) -> float:
+    labels = np.union1d(t, p)
+    conf = np.zeros((labels.size, labels.size))
+    np.add.at(conf, (np.searchsorted(labels, t), np.searchsorted(labels, p)), 1)
+    n = conf.sum()
+    tk, pk = conf.sum(axis=1), conf.sum(axis=0)
+    cov_tp = np.trace(conf) * n - tk @ pk
+    denom = np.sqrt((n * n - tk @ tk) * (n * n - pk @ pk))
+    return float(cov_tp / denom) if denom > 0 else 0.0
+
+
 def _make_metric(metric: str | Metric, positive: int | None, classes: Sequence[int]) -> Metric:
+    """Score functions on the seed patches (numpy only: the metric runs after every split)."""
     if callable(metric):
         return metric
-    from sklearn import metrics as skm
-
     labels = list(classes)
     if metric == "f1":
         if positive is not None:
-            return lambda t, p: float(
-                skm.f1_score(t, p, pos_label=positive, average="binary", zero_division=0.0)
-            )
-        return lambda t, p: float(
-            skm.f1_score(t, p, labels=labels, average="macro", zero_division=0.0)
-        )
+            pos = int(positive)
+            return lambda t, p: _f1(t, p, pos)
+        return lambda t, p: float(np.mean([_f1(t, p, c) for c in labels]))
     if metric == "accuracy":
         return lambda t, p: float(np.mean(t == p))
     if metric == "balanced_accuracy":
-        return lambda t, p: float(skm.balanced_accuracy_score(t, p))
+        return lambda t, p: float(
+            np.mean([np.mean(p[t == c] == c) for c in labels if np.any(t == c)])
+        )
     if metric == "mcc":
-        return lambda t, p: float(skm.matthews_corrcoef(t, p))
+        return _mcc
     raise InvalidInputError(
         f"unknown metric {metric!r}; use 'f1', 'accuracy', 'balanced_accuracy', 'mcc' or a callable"
     )
@@ -797,15 +721,16 @@ def _centroid(
     means = np.stack([X[s == c].mean(axis=0) for c in classes]).astype(np.float64)
     basis = means[1:] - means[0]
     q, _ = np.linalg.qr(basis.T)
-    P = (X.astype(np.float64) - means[0]) @ q
-    km = SeededKMeans(n_clusters=len(classes), max_iter=max_iter)
-    km.fit(P, seeds=s)
-    labels = np.asarray(classes, dtype=np.int64)[km.labels_]
-    C = km.cluster_centers_
+    # Project in X's own precision: a float64 copy of X would double the memory traffic.
+    P = np.ascontiguousarray((X @ q.astype(X.dtype)).astype(np.float64) - means[0] @ q)
+    idx, C, _, _ = _seeded_kmeans(
+        P, s, len(classes), constrained=False, max_iter=max_iter, rng=np.random.RandomState(0)
+    )
+    labels = np.asarray(classes, dtype=np.int64)[idx]
     d = np.sqrt(np.maximum(((P[:, None, :] - C[None, :, :]) ** 2).sum(axis=2), 0.0))
     rows = np.arange(P.shape[0])
-    d_own = d[rows, km.labels_]
-    d[rows, km.labels_] = np.inf
+    d_own = d[rows, idx]
+    d[rows, idx] = np.inf
     d_other = d.min(axis=1)
     denom = d_own + d_other
     conf = np.where(denom > 0, d_other / np.where(denom > 0, denom, 1.0), 0.5)
@@ -820,8 +745,8 @@ def _logreg(X: FloatArray, s: IntArray, classes: tuple[int, ...]) -> tuple[IntAr
     # One global scale, not per-feature standardisation: per-feature scaling would inflate the
     # many noise dimensions of an embedding to the size of the few informative ones.
     Z = X - X.mean(axis=0)
-    scale = float(np.sqrt(np.mean(Z.astype(np.float64) ** 2))) or 1.0
-    Z = Z / scale
+    scale = float(np.sqrt(np.einsum("ij,ij->", Z, Z, dtype=np.float64) / Z.size)) or 1.0
+    Z /= scale
     clf = LogisticRegression(C=0.1, class_weight="balanced", max_iter=1000)
     clf.fit(Z[seeded], s[seeded])
     proba = clf.predict_proba(Z)
@@ -962,7 +887,7 @@ def seeded_iterative_clustering(
         pos = None
     config = Preprocess() if preprocess is None else preprocess
     Xp = preprocess_features(Xa, nuisance=nuisance, grid=grid, config=config)
-    rng = check_random_state(random_state)
+    rng = np.random.RandomState(random_state)
     score_fn = _make_metric(metric, pos, classes)
     seeded = np.flatnonzero(s >= 0)
 

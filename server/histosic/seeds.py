@@ -1,0 +1,317 @@
+"""Seed points (QuPath point annotations, level-0 pixels) to seeded patch indices for SIC.
+
+A point seeds the tissue patch whose centre is nearest among the patches that contain it. Points
+outside the slide, off tissue, without a class or on a patch that is also seeded with another
+class are not used; each comes back as an :class:`IgnoredSeed` with the reason, so a user sees why
+a click did not count.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from histosic.errors import InvalidInputError
+from histosic.store import Embeddings
+
+__all__ = [
+    "DEFAULT_POSITIVE",
+    "IgnoredSeed",
+    "SeedMapping",
+    "SeedPoint",
+    "map_seeds",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_POSITIVE = "Tumor"  # QuPath's built-in class name (PathClass.StandardPathClasses.TUMOR)
+_NEIGHBOURS = 4  # with 50% overlap a point lies in up to 4 patches
+
+
+@dataclass(frozen=True)
+class SeedPoint:
+    """One seed click: level-0 pixel coordinates and a QuPath class name ("" = unclassified)."""
+
+    x: float
+    y: float
+    class_name: str
+
+
+@dataclass(frozen=True)
+class IgnoredSeed:
+    """A seed point that was not used, and why (a sentence meant for the user)."""
+
+    point: SeedPoint
+    reason: str
+
+
+@dataclass
+class SeedMapping:
+    """Seed points mapped onto the patches of one embedding file.
+
+    Attributes
+    ----------
+    seeds : ndarray of shape (n_patches,), int64
+        SIC class id of each patch, -1 where unseeded (the ``seeds`` argument of
+        :func:`histosic.sic.seeded_iterative_clustering`).
+    class_names : tuple of str
+        Class name of each class id (index = id). In binary mode id 1 is the positive class and
+        id 0 the negative class, which collects every other seed class.
+    positive : int or None
+        Id of the positive class in binary mode; None in multi-class mode.
+    used : list of SeedPoint
+        The points that seed a patch.
+    patch_index : ndarray of shape (len(used),), int64
+        The patch each used point seeds.
+    ignored : list of IgnoredSeed
+        Points not used, each with its reason.
+    seed_class_names : dict of str to str
+        Original seed class name -> the class name it was mapped to (binary mode merges negatives).
+    """
+
+    seeds: npt.NDArray[np.int64]
+    class_names: tuple[str, ...]
+    positive: int | None
+    used: list[SeedPoint] = field(default_factory=list)
+    patch_index: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    ignored: list[IgnoredSeed] = field(default_factory=list)
+    seed_class_names: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def n_used(self) -> int:
+        return len(self.used)
+
+    @property
+    def n_ignored(self) -> int:
+        return len(self.ignored)
+
+    def seeded_patches_per_class(self) -> dict[str, int]:
+        """Number of seeded patches of each class, by class name."""
+        counts = np.bincount(self.seeds[self.seeds >= 0], minlength=len(self.class_names))
+        return {name: int(counts[i]) for i, name in enumerate(self.class_names)}
+
+    def ignored_reasons(self) -> dict[str, int]:
+        """How many points were ignored for each kind of reason (the text before the colon)."""
+        return dict(Counter(i.reason.split(":", 1)[0] for i in self.ignored))
+
+    def summary(self, max_listed: int = 5) -> str:
+        """A few lines for people: points used and ignored, with the reasons.
+
+        The first ``max_listed`` ignored points are listed with their coordinates, so they can be
+        found in QuPath.
+        """
+        per_class = ", ".join(f"{n} {name}" for name, n in self.seeded_patches_per_class().items())
+        lines = [
+            f"seeds: {self.n_used} used, seeding {per_class} patches; {self.n_ignored} ignored"
+        ]
+        for reason, n in sorted(self.ignored_reasons().items()):
+            lines.append(f"  ignored {n}: {reason}")
+        for item in self.ignored[:max_listed]:
+            p = item.point
+            where = f"({p.x:.0f}, {p.y:.0f}) {p.class_name or '(no class)'}"
+            lines.append(f"    {where}: {item.reason}")
+        if self.n_ignored > max_listed:
+            lines.append(f"    ... and {self.n_ignored - max_listed} more")
+        merged: dict[str, list[str]] = {}
+        for seed_name, class_name in sorted(self.seed_class_names.items()):
+            if seed_name != class_name:
+                merged.setdefault(class_name, []).append(seed_name)
+        for class_name, seed_names in merged.items():
+            lines.append(f"  class {class_name!r} = seed classes {', '.join(seed_names)}")
+        if self.positive is not None:
+            lines.append(f"  positive class: {self.class_names[self.positive]!r}")
+        return "\n".join(lines)
+
+
+def _resolve_name(name: str, names: Iterable[str]) -> str | None:
+    """Exact class name, else a unique case-insensitive match (QuPath names are case-sensitive)."""
+    names = list(names)
+    if name in names:
+        return name
+    folded = [n for n in names if n.casefold() == name.casefold()]
+    return folded[0] if len(folded) == 1 else None
+
+
+def _class_ids(
+    names_used: Sequence[str], positive: str, multiclass: bool
+) -> tuple[tuple[str, ...], int | None, dict[str, str]]:
+    """Class names per id, the positive id, and seed name -> class name."""
+    distinct = sorted(set(names_used))
+    if multiclass and len(distinct) >= 2:
+        # Two classes are a binary problem for SIC; its positive class must be one of them.
+        pos_mc = _resolve_name(positive, distinct)
+        pos_id = None if len(distinct) > 2 else (distinct.index(pos_mc) if pos_mc else 1)
+        return tuple(distinct), pos_id, {n: n for n in distinct}
+    if multiclass:
+        raise InvalidInputError(
+            f"all usable seeds have the class {distinct[0]!r}; clustering needs seeds of at least "
+            "two classes: add points on tissue of another class"
+        )
+    pos = _resolve_name(positive, distinct)
+    if pos is None:
+        raise InvalidInputError(
+            f"no usable seed has the positive class {positive!r}; the seed classes are "
+            f"{distinct}. Pass the positive class with --positive NAME (positive=...), or ask for "
+            "multi-class clustering with --multiclass"
+        )
+    negatives = [n for n in distinct if n != pos]
+    if not negatives:
+        raise InvalidInputError(
+            f"all usable seeds have the class {pos!r}; binary clustering needs seeds of at least "
+            "one other class too (e.g. 'Stroma' or 'Other'): add a few points on tissue that is "
+            f"not {pos!r}"
+        )
+    if len(negatives) == 1:
+        negative_name = negatives[0]
+    else:
+        # Several negative classes merge into one: QuPath's built-in catch-all "Other", unless the
+        # positive class is called that.
+        negative_name = "Other" if pos != "Other" else "Negative"
+    mapping = {n: (pos if n == pos else negative_name) for n in distinct}
+    return (negative_name, pos), 1, mapping
+
+
+def map_seeds(
+    emb: Embeddings,
+    points: Iterable[SeedPoint],
+    *,
+    positive: str = DEFAULT_POSITIVE,
+    multiclass: bool = False,
+) -> SeedMapping:
+    """Map seed points to the tissue patches that contain them.
+
+    Parameters
+    ----------
+    emb : Embeddings
+        The slide's patches; only their coordinates and metadata are used.
+    points : iterable of SeedPoint
+        Level-0 pixel coordinates with QuPath class names.
+    positive : str, default "Tumor"
+        Positive class for binary clustering; every other seed class becomes one negative class.
+        Matched exactly, else case-insensitively when that is unique.
+    multiclass : bool, default False
+        Keep every seed class as its own class (needs three or more classes; with two classes the
+        result is the same as binary).
+
+    Returns
+    -------
+    SeedMapping
+
+    Raises
+    ------
+    InvalidInputError
+        No point is usable (all off tissue, outside the slide or unclassified), the positive class
+        has no usable seed, or only one class is left.
+    """
+    pts = list(points)
+    meta = emb.meta
+    half = meta.patch_size_level0 / 2.0
+    width, height = meta.level0_width, meta.level0_height
+    n = emb.n_patches
+    ignored: list[IgnoredSeed] = []
+    candidates: list[SeedPoint] = []
+    for p in pts:
+        if not p.class_name.strip():
+            ignored.append(IgnoredSeed(p, "no classification: set a class on the point in QuPath"))
+        elif not (math.isfinite(p.x) and math.isfinite(p.y)):
+            ignored.append(IgnoredSeed(p, f"invalid coordinates: ({p.x}, {p.y})"))
+        elif p.x < 0 or p.y < 0 or (width > 0 and p.x >= width) or (height > 0 and p.y >= height):
+            ignored.append(
+                IgnoredSeed(
+                    p,
+                    f"outside the slide: ({p.x:.1f}, {p.y:.1f}) is not inside the "
+                    f"{width} x {height} px image",
+                )
+            )
+        else:
+            candidates.append(p)
+
+    patch_of: list[int] = []
+    located: list[SeedPoint] = []
+    if candidates and n:
+        from scipy.spatial import cKDTree  # scipy is a base dependency; imported here for start-up
+
+        centres = emb.centers()
+        tree = cKDTree(centres)
+        xy = np.array([[p.x, p.y] for p in candidates], dtype=np.float64)
+        k = min(_NEIGHBOURS, n)
+        # Euclidean neighbours within the patch's half-diagonal; keep the nearest that contains the
+        # point (Chebyshev distance <= half the patch side).
+        dist, idx = tree.query(xy, k=k, distance_upper_bound=half * math.sqrt(2) + 1e-6)
+        dist = np.asarray(dist).reshape(len(candidates), k)
+        idx = np.asarray(idx).reshape(len(candidates), k)
+        for row, p in enumerate(candidates):
+            chosen = -1
+            for j in range(k):
+                i = int(idx[row, j])
+                if i >= n:  # no more neighbours within range
+                    break
+                if np.max(np.abs(centres[i] - xy[row])) <= half + 1e-9:
+                    chosen = i
+                    break
+            if chosen < 0:
+                d_near, _ = tree.query(xy[row], k=1)
+                ignored.append(
+                    IgnoredSeed(
+                        p,
+                        "off tissue: no tissue patch contains this point (nearest patch centre "
+                        f"{float(d_near):.0f} px away)",
+                    )
+                )
+            else:
+                patch_of.append(chosen)
+                located.append(p)
+    else:
+        for p in candidates:
+            ignored.append(IgnoredSeed(p, "off tissue: the embedding file has no patches"))
+
+    # A patch clicked with two different classes cannot seed either.
+    classes_on_patch: dict[int, set[str]] = {}
+    for p, i in zip(located, patch_of, strict=True):
+        classes_on_patch.setdefault(i, set()).add(p.class_name.strip())
+    used: list[SeedPoint] = []
+    used_patch: list[int] = []
+    for p, i in zip(located, patch_of, strict=True):
+        others = classes_on_patch[i] - {p.class_name.strip()}
+        if others:
+            ignored.append(
+                IgnoredSeed(
+                    p,
+                    f"conflicting classes: patch {i} is also seeded with {sorted(others)}",
+                )
+            )
+        else:
+            used.append(p)
+            used_patch.append(i)
+
+    if not used:
+        reasons = Counter(i.reason.split(":", 1)[0] for i in ignored)
+        detail = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "no points given"
+        raise InvalidInputError(
+            f"none of the {len(pts)} seed points can be used ({detail}); place classified "
+            "points on tissue inside the slide that was embedded"
+        )
+
+    names_used = [p.class_name.strip() for p in used]
+    class_names, positive_id, name_map = _class_ids(names_used, positive, multiclass)
+    id_of = {name: i for i, name in enumerate(class_names)}
+    seeds = np.full(n, -1, dtype=np.int64)
+    patch_index = np.asarray(used_patch, dtype=np.int64)
+    seeds[patch_index] = [id_of[name_map[name]] for name in names_used]
+    mapping = SeedMapping(
+        seeds=seeds,
+        class_names=class_names,
+        positive=positive_id,
+        used=used,
+        patch_index=patch_index,
+        ignored=ignored,
+        seed_class_names=name_map,
+    )
+    log.debug("%s", mapping.summary())
+    return mapping

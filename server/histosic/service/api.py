@@ -1,0 +1,480 @@
+"""The one implementation of the histosic.v1 services, shared by gRPC and Connect.
+
+Methods take and return the generated ``_pb2`` messages; they only check and convert the request,
+call the core (:mod:`histosic.pipeline`, :mod:`histosic.qupath`, :mod:`histosic.embed`,
+:mod:`histosic.colors`) and convert the result. Errors are raised as :mod:`histosic.errors`
+classes; the protocol adapters map them to status codes with
+:func:`histosic.service.status.status_of`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histosic.api.v1 import clustering_pb2, common_pb2, embedding_pb2
+from histosic.catalog import EmbeddingCache, EmbeddingCatalog, StoredEmbedding
+from histosic.errors import (
+    EmbeddingNotFoundError,
+    InvalidInputError,
+    PermissionDeniedError,
+    PreconditionError,
+)
+from histosic.service.arrays import to_ndarray
+from histosic.service.jobs import EmbedRequest, JobManager, JobSnapshot, JobState
+from histosic.service.paths import SlideResolver
+
+__all__ = ["CHUNK_BYTES", "MAX_SEEDS", "HistosicApi"]
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1 << 20  # GetEmbedding chunk size: large enough for speed, far below message limits
+MAX_SEEDS = 100_000
+MAX_SUGGEST = 10_000
+_GEOJSON_KINDS = ("tiles", "detections", "regions", "both", "none")
+
+_JOB_STATES = {
+    JobState.QUEUED: embedding_pb2.JOB_STATE_QUEUED,
+    JobState.RUNNING: embedding_pb2.JOB_STATE_RUNNING,
+    JobState.SUCCEEDED: embedding_pb2.JOB_STATE_SUCCEEDED,
+    JobState.FAILED: embedding_pb2.JOB_STATE_FAILED,
+    JobState.CANCELLED: embedding_pb2.JOB_STATE_CANCELLED,
+}
+
+
+def _finite(name: str, value: float, *, positive: bool = False) -> float:
+    if not math.isfinite(value) or (positive and value <= 0):
+        kind = "a positive" if positive else "a finite"
+        raise InvalidInputError(f"{name} must be {kind} number, got {value!r}")
+    return float(value)
+
+
+@dataclass
+class HistosicApi:
+    """The services' behaviour, independent of the wire protocol."""
+
+    catalog: EmbeddingCatalog
+    cache: EmbeddingCache
+    resolver: SlideResolver
+    jobs: JobManager
+
+    # -- references -----------------------------------------------------------------------
+    def resolve_embedding(self, ref: common_pb2.EmbeddingRef) -> StoredEmbedding:
+        """The stored embedding an ``EmbeddingRef`` names (by id, slide or fingerprint)."""
+        if ref.embedding_id:
+            entry = self.catalog.by_id(ref.embedding_id)
+            if ref.model and entry.meta.model != ref.model:
+                raise InvalidInputError(
+                    f"embedding {ref.embedding_id!r} was made with model {entry.meta.model!r}, "
+                    f"not {ref.model!r}"
+                )
+            return entry
+        if not ref.slide and not ref.slide_fingerprint:
+            raise InvalidInputError(
+                "the embedding reference is empty: give embedding_id (from ListEmbeddings), slide "
+                "or slide_fingerprint"
+            )
+        fingerprint = ref.slide_fingerprint
+        slide_path = ""
+        if ref.slide:
+            slide = self.resolver.resolve(ref.slide)
+            slide_path = str(slide)
+            fingerprint = self.catalog.fingerprint(slide)
+            if ref.slide_fingerprint and ref.slide_fingerprint != fingerprint:
+                raise InvalidInputError(
+                    f"slide {ref.slide!r} has fingerprint {fingerprint}, not the "
+                    f"{ref.slide_fingerprint!r} given: it is another file"
+                )
+        found = self.catalog.find(fingerprint=fingerprint, model=ref.model)
+        if not found and slide_path:
+            found = self.catalog.find(slide_path=slide_path, model=ref.model)
+        if not found:
+            what = f"slide {ref.slide!r}" if ref.slide else "the slide"
+            model = f" with model {ref.model!r}" if ref.model else ""
+            raise EmbeddingNotFoundError(
+                f"the server's store has no embedding of {what} (fingerprint {fingerprint})"
+                f"{model}; start one with StartEmbedding"
+            )
+        return found[0]
+
+    # -- EmbeddingService -----------------------------------------------------------------
+    def list_models(
+        self, request: embedding_pb2.ListModelsRequest
+    ) -> embedding_pb2.ListModelsResponse:
+        from histosic.embed import list_models
+
+        out = embedding_pb2.ListModelsResponse()
+        for m in list_models():
+            out.models.add(
+                name=m.name,
+                dim=m.dim,
+                description=m.description,
+                input_size=m.input_size,
+                available=m.available,
+                unavailable_reason="" if m.available else m.reason,
+            )
+        return out
+
+    def _check_model(self, name: str) -> str:
+        from histosic.embed import get_model_info
+
+        if not name:
+            raise InvalidInputError(
+                "no model given: name one from ListModels (e.g. resnet18-random)"
+            )
+        kind, sep, _arg = name.partition(":")
+        if sep and kind != "timm":
+            # checkpoint:<path> and histossl:<path> would read any file the server can see.
+            raise PermissionDeniedError(
+                f"model {name!r} names a file on the server; remote clients may use only the "
+                "registry's models and timm:<name> (embed with your own weights locally: "
+                "`histosic embed --model checkpoint:...`)"
+            )
+        return get_model_info(name, check=False).name
+
+    def _tiling(self, t: embedding_pb2.Tiling) -> Any:
+        from histosic.tiling import TilingConfig
+
+        kwargs: dict[str, Any] = {}
+        if t.HasField("target_mpp"):
+            kwargs["target_mpp"] = t.target_mpp
+        if t.HasField("patch_size"):
+            kwargs["patch_size"] = t.patch_size
+        if t.HasField("overlap"):
+            kwargs["overlap"] = t.overlap
+        if t.HasField("tissue_threshold"):
+            kwargs["tissue_threshold"] = t.tissue_threshold
+        return TilingConfig(**kwargs).validate()
+
+    def _job(self, snap: JobSnapshot) -> embedding_pb2.Job:
+        emb_id = ""
+        if snap.embedding_path is not None:
+            try:
+                emb_id = snap.embedding_path.resolve().relative_to(self.catalog.store).as_posix()
+            except ValueError:
+                emb_id = snap.embedding_path.name
+        return embedding_pb2.Job(
+            job_id=snap.job_id,
+            state=_JOB_STATES[snap.state],
+            slide=snap.request.slide_ref,
+            model=snap.request.model,
+            patches_done=snap.patches_done,
+            patches_total=snap.patches_total,
+            queue_position=snap.queue_position,
+            embedding_id=emb_id,
+            reused=snap.reused,
+            error_code=snap.error_code,
+            error_message=snap.error_message,
+            created_time=snap.created_time,
+            started_time=snap.started_time,
+            finished_time=snap.finished_time,
+            device=snap.device,
+        )
+
+    def _existing(self, req: EmbedRequest) -> Path | None:
+        """A complete embedding of the same slide content with the same settings, if any."""
+        if req.out.is_file():
+            try:
+                self.catalog.by_id(req.out.relative_to(self.catalog.store).as_posix())
+                return req.out
+            except (EmbeddingNotFoundError, ValueError):
+                pass
+        fp = self.catalog.fingerprint(req.slide)
+        t = req.tiling
+        for e in self.catalog.find(fingerprint=fp, model=req.model):
+            m = e.meta
+            if (
+                m.patch_size == t.patch_size
+                and math.isclose(m.target_mpp, t.target_mpp, rel_tol=1e-6)
+                and math.isclose(m.overlap, t.overlap, abs_tol=1e-6)
+                and math.isclose(m.tissue_threshold, t.tissue_threshold, abs_tol=1e-6)
+            ):
+                return e.path
+        return None
+
+    def start_embedding(
+        self, request: embedding_pb2.StartEmbeddingRequest
+    ) -> embedding_pb2.StartEmbeddingResponse:
+        from histosic.embed import embedding_filename
+
+        model = self._check_model(request.model)
+        slide = self.resolver.resolve(request.slide)
+        tiling = self._tiling(request.tiling)
+        slide_mpp = None
+        if request.HasField("slide_mpp"):
+            slide_mpp = _finite("slide_mpp", request.slide_mpp, positive=True)
+        if not 0 <= request.batch_size <= 4096:
+            raise InvalidInputError(f"batch_size must be in [0, 4096], got {request.batch_size}")
+        out = self.catalog.store / Path(embedding_filename(slide, model, tiling)).name
+        req = EmbedRequest(
+            slide_ref=request.slide,
+            slide=slide,
+            model=model,
+            tiling=tiling,
+            out=out,
+            slide_mpp=slide_mpp,
+            overwrite=request.overwrite,
+            batch_size=request.batch_size,
+        )
+        if not request.overwrite:
+            existing = self._existing(req)
+            if existing is not None:
+                return embedding_pb2.StartEmbeddingResponse(
+                    job=self._job(self.jobs.finished_job(req, existing))
+                )
+        return embedding_pb2.StartEmbeddingResponse(job=self._job(self.jobs.submit(req)))
+
+    def _job_id(self, job_id: str) -> str:
+        if not job_id:
+            raise InvalidInputError("job_id is empty: give the id StartEmbedding returned")
+        return job_id
+
+    def watch_job(
+        self, request: embedding_pb2.WatchJobRequest
+    ) -> Iterator[embedding_pb2.WatchJobResponse]:
+        job_id = self._job_id(request.job_id)
+        self.jobs.get(job_id)  # NOT_FOUND before the stream starts
+        for snap in self.jobs.watch(job_id):
+            yield embedding_pb2.WatchJobResponse(job=self._job(snap))
+
+    def get_job(self, request: embedding_pb2.GetJobRequest) -> embedding_pb2.GetJobResponse:
+        return embedding_pb2.GetJobResponse(
+            job=self._job(self.jobs.get(self._job_id(request.job_id)))
+        )
+
+    def cancel_job(
+        self, request: embedding_pb2.CancelJobRequest
+    ) -> embedding_pb2.CancelJobResponse:
+        snap = self.jobs.cancel(self._job_id(request.job_id))
+        return embedding_pb2.CancelJobResponse(job=self._job(snap))
+
+    def _info(self, e: StoredEmbedding) -> embedding_pb2.EmbeddingInfo:
+        m = e.meta
+        return embedding_pb2.EmbeddingInfo(
+            embedding_id=e.embedding_id,
+            slide_path=m.slide_path,
+            slide_fingerprint=m.slide_fingerprint,
+            model=m.model,
+            n_patches=e.n_patches,
+            dim=e.dim,
+            mpp=m.mpp,
+            target_mpp=m.target_mpp,
+            patch_size=m.patch_size,
+            patch_size_level0=m.patch_size_level0,
+            stride_level0=m.stride_level0,
+            overlap=m.overlap,
+            level0_width=m.level0_width,
+            level0_height=m.level0_height,
+            created=m.created,
+            file_size=e.file_size,
+            dtype=e.dtype,
+        )
+
+    def list_embeddings(
+        self, request: embedding_pb2.ListEmbeddingsRequest
+    ) -> embedding_pb2.ListEmbeddingsResponse:
+        if request.slide:
+            slide = self.resolver.resolve(request.slide)
+            entries = self.catalog.find(
+                fingerprint=self.catalog.fingerprint(slide), model=request.model
+            )
+            entries.sort(key=lambda e: e.embedding_id)
+        else:
+            entries = [
+                e for e in self.catalog.scan() if not request.model or e.meta.model == request.model
+            ]
+        return embedding_pb2.ListEmbeddingsResponse(embeddings=[self._info(e) for e in entries])
+
+    def get_embedding(
+        self, request: embedding_pb2.GetEmbeddingRequest
+    ) -> Iterator[embedding_pb2.GetEmbeddingResponse]:
+        if request.dtype not in ("", "float32", "float16"):
+            raise InvalidInputError(
+                f"dtype must be 'float32', 'float16' or empty (stored dtype), got {request.dtype!r}"
+            )
+        entry = self.resolve_embedding(request.embedding)
+        emb = self.cache.get(entry)
+        dtype = request.dtype or (
+            entry.dtype if entry.dtype in ("float32", "float16") else "float32"
+        )
+        feats = np.ascontiguousarray(emb.features, dtype=np.dtype(dtype).newbyteorder("<"))
+        n = emb.n_patches
+        first = embedding_pb2.GetEmbeddingResponse(
+            info=self._info(entry),
+            coords=to_ndarray(emb.coords, "int64"),
+            features_shape=list(feats.shape),
+            features_dtype=dtype,
+        )
+        if emb.tissue_fraction is not None:
+            first.tissue_fraction.CopyFrom(to_ndarray(emb.tissue_fraction, "float32"))
+        if emb.white_fraction is not None:
+            first.white_fraction.CopyFrom(to_ndarray(emb.white_fraction, "float32"))
+        view = memoryview(feats.reshape(-1).view(np.uint8).data) if n else memoryview(b"")
+        total = len(view)
+        first.chunk = bytes(view[:CHUNK_BYTES])
+        yield first
+        for offset in range(CHUNK_BYTES, total, CHUNK_BYTES):
+            yield embedding_pb2.GetEmbeddingResponse(
+                chunk=bytes(view[offset : offset + CHUNK_BYTES]), offset=offset
+            )
+
+    # -- ClusteringService ----------------------------------------------------------------
+    def cluster(self, request: clustering_pb2.ClusterRequest) -> clustering_pb2.ClusterResponse:
+        from histosic.pipeline import cluster_slide
+        from histosic.seeds import DEFAULT_POSITIVE, SeedPoint
+
+        opts = request.options
+        if len(request.seeds) > MAX_SEEDS:
+            raise InvalidInputError(
+                f"{len(request.seeds)} seeds given; at most {MAX_SEEDS} are accepted"
+            )
+        if not request.seeds:
+            raise InvalidInputError(
+                "no seeds given: send point annotations with class names (e.g. 'Tumor' and "
+                "'Stroma')"
+            )
+        if not 0 <= opts.suggest <= MAX_SUGGEST:
+            raise InvalidInputError(f"suggest must be in [0, {MAX_SUGGEST}], got {opts.suggest}")
+        geojson_kind = opts.geojson or "tiles"
+        if geojson_kind not in _GEOJSON_KINDS:
+            raise InvalidInputError(
+                f"geojson must be one of {_GEOJSON_KINDS}, got {opts.geojson!r}"
+            )
+        preprocess = self._preprocess(opts)
+        entry = self.resolve_embedding(request.embedding)
+        emb = self.cache.get(entry)
+        points = [SeedPoint(float(s.x), float(s.y), s.class_name) for s in request.seeds]
+        kwargs: dict[str, Any] = {
+            "positive": opts.positive_class or DEFAULT_POSITIVE,
+            "multiclass": opts.multiclass,
+            "method": opts.method or None,
+            "suggest": opts.suggest,
+            "constrained": opts.constrained,
+            "preprocess": preprocess,
+        }
+        if opts.metric:
+            kwargs["metric"] = opts.metric
+        if opts.stop:
+            kwargs["stop"] = opts.stop
+        if opts.HasField("max_depth"):
+            kwargs["max_depth"] = opts.max_depth
+        if opts.HasField("min_cluster_size"):
+            kwargs["min_cluster_size"] = opts.min_cluster_size
+        if opts.HasField("random_state"):
+            kwargs["random_state"] = opts.random_state
+        sc = cluster_slide(emb, points, **kwargs)
+        return self._cluster_response(request, entry, emb, sc, points, geojson_kind)
+
+    def _preprocess(self, opts: clustering_pb2.ClusterOptions) -> Any:
+        if not opts.HasField("preprocess"):
+            return None
+        from histosic.sic import PAPER_PREPROCESS, Preprocess
+
+        p = opts.preprocess
+        if p.paper:
+            return PAPER_PREPROCESS
+        kwargs: dict[str, Any] = {}
+        if p.HasField("regress_nuisance"):
+            kwargs["regress_nuisance"] = p.regress_nuisance
+        if p.HasField("smooth_radius"):
+            if not 0 <= p.smooth_radius <= 16:
+                raise InvalidInputError(f"smooth_radius must be in [0, 16], got {p.smooth_radius}")
+            kwargs["smooth_radius"] = p.smooth_radius
+        if p.HasField("l2_normalize"):
+            kwargs["l2_normalize"] = p.l2_normalize
+        if p.HasField("pca_components"):
+            if p.pca_components < 1:
+                raise InvalidInputError(f"pca_components must be >= 1, got {p.pca_components}")
+            kwargs["pca_components"] = p.pca_components
+        return Preprocess(**kwargs)
+
+    def _cluster_response(
+        self,
+        request: clustering_pb2.ClusterRequest,
+        entry: StoredEmbedding,
+        emb: Any,
+        sc: Any,
+        points: list[Any],
+        geojson_kind: str,
+    ) -> clustering_pb2.ClusterResponse:
+        result = sc.result
+        names = list(sc.class_names)
+        labels = np.asarray(result.labels)
+        conf = np.asarray(result.confidence)
+        resp = clustering_pb2.ClusterResponse(
+            labels=to_ndarray(labels, "int32"),
+            confidence=to_ndarray(conf, "float32"),
+            class_names=names,
+            positive_class=sc.positive_name or "",
+            method=result.method,
+            score=float(result.score) if math.isfinite(result.score) else 0.0,
+            n_seeds_used=sc.mapping.n_used,
+            embedding_id=entry.embedding_id,
+            class_counts=np.bincount(labels, minlength=len(names)).tolist(),
+        )
+        for step in result.history:
+            resp.history.add(
+                depth=step.depth,
+                branch=step.branch,
+                score=float(step.score) if math.isfinite(step.score) else 0.0,
+                sizes=[int(s) for s in step.sizes],
+                accepted=step.accepted,
+            )
+        index_of = {id(p): i for i, p in enumerate(points)}
+        for ig in sc.mapping.ignored:
+            i = index_of.get(id(ig.point))
+            if i is None:
+                i = points.index(ig.point) if ig.point in points else -1
+            seed = request.seeds[i] if i >= 0 else None
+            resp.ignored_seeds.add(
+                index=i,
+                id=seed.id if seed is not None else "",
+                x=ig.point.x,
+                y=ig.point.y,
+                class_name=ig.point.class_name,
+                reason=ig.reason,
+            )
+        if sc.suggested.size:
+            centres = emb.centers()
+            for i in sc.suggested.tolist():
+                resp.suggestions.add(
+                    patch_index=int(i),
+                    x=float(centres[i, 0]),
+                    y=float(centres[i, 1]),
+                    predicted_class=names[int(labels[i])],
+                    confidence=float(conf[i]),
+                )
+        if geojson_kind != "none":
+            from histosic.qupath import to_geojson
+
+            collection = to_geojson(emb, sc, output=geojson_kind)
+            resp.geojson = json.dumps(collection, separators=(",", ":"))
+        return resp
+
+    def colors(self, request: clustering_pb2.ColorsRequest) -> clustering_pb2.ColorsResponse:
+        method = request.method or "pca"
+        if method not in ("pca", "umap"):
+            raise InvalidInputError(f"method must be 'pca' or 'umap', got {request.method!r}")
+        entry = self.resolve_embedding(request.embedding)
+        emb = self.cache.get(entry)
+        try:
+            from histosic import colors as colors_mod
+        except ImportError as err:
+            raise PreconditionError(
+                f"colours are not available on this server ({err}); install histosic[colors]"
+            ) from err
+        random_state = request.random_state if request.HasField("random_state") else 0
+        rgb = colors_mod.patch_colors(emb.features, method=method, random_state=random_state)
+        return clustering_pb2.ColorsResponse(
+            rgb=to_ndarray(np.asarray(rgb), "uint8"),
+            coords=to_ndarray(emb.coords, "int64"),
+            method=method,
+            embedding_id=entry.embedding_id,
+        )

@@ -1,0 +1,138 @@
+"""gRPC adapters: servicers calling :class:`~histosic.service.api.HistosicApi`; bearer auth."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+
+from histosic.api.v1 import (
+    clustering_pb2,
+    clustering_pb2_grpc,
+    embedding_pb2,
+    embedding_pb2_grpc,
+)
+from histosic.service.api import HistosicApi
+from histosic.service.status import status_of
+
+__all__ = ["ClusteringServicer", "EmbeddingServicer", "TokenInterceptor"]
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Res = TypeVar("Res")
+
+# Open without a token: load balancers probe health, and reflection only describes the API.
+_OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+def _unary(rpc: str, fn: Callable[[Req], Res], request: Req, context: grpc.ServicerContext) -> Res:
+    try:
+        return fn(request)
+    except Exception as err:  # every error leaves through the one mapping
+        st = status_of(err, rpc=rpc)
+        context.abort(grpc.StatusCode[st.code], st.message)
+        raise  # abort raises; this is never reached
+
+
+def _stream(
+    rpc: str, fn: Callable[[Req], Iterator[Res]], request: Req, context: grpc.ServicerContext
+) -> Iterator[Res]:
+    try:
+        yield from fn(request)
+    except Exception as err:
+        st = status_of(err, rpc=rpc)
+        context.abort(grpc.StatusCode[st.code], st.message)
+
+
+class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):  # type: ignore[misc]
+    def __init__(self, api: HistosicApi) -> None:
+        self.api = api
+
+    def ListModels(
+        self, request: embedding_pb2.ListModelsRequest, context: grpc.ServicerContext
+    ) -> embedding_pb2.ListModelsResponse:
+        return _unary("ListModels", self.api.list_models, request, context)
+
+    def StartEmbedding(
+        self, request: embedding_pb2.StartEmbeddingRequest, context: grpc.ServicerContext
+    ) -> embedding_pb2.StartEmbeddingResponse:
+        return _unary("StartEmbedding", self.api.start_embedding, request, context)
+
+    def WatchJob(
+        self, request: embedding_pb2.WatchJobRequest, context: grpc.ServicerContext
+    ) -> Iterator[embedding_pb2.WatchJobResponse]:
+        return _stream("WatchJob", self.api.watch_job, request, context)
+
+    def GetJob(
+        self, request: embedding_pb2.GetJobRequest, context: grpc.ServicerContext
+    ) -> embedding_pb2.GetJobResponse:
+        return _unary("GetJob", self.api.get_job, request, context)
+
+    def CancelJob(
+        self, request: embedding_pb2.CancelJobRequest, context: grpc.ServicerContext
+    ) -> embedding_pb2.CancelJobResponse:
+        return _unary("CancelJob", self.api.cancel_job, request, context)
+
+    def ListEmbeddings(
+        self, request: embedding_pb2.ListEmbeddingsRequest, context: grpc.ServicerContext
+    ) -> embedding_pb2.ListEmbeddingsResponse:
+        return _unary("ListEmbeddings", self.api.list_embeddings, request, context)
+
+    def GetEmbedding(
+        self, request: embedding_pb2.GetEmbeddingRequest, context: grpc.ServicerContext
+    ) -> Iterator[embedding_pb2.GetEmbeddingResponse]:
+        return _stream("GetEmbedding", self.api.get_embedding, request, context)
+
+
+class ClusteringServicer(clustering_pb2_grpc.ClusteringServiceServicer):  # type: ignore[misc]
+    def __init__(self, api: HistosicApi) -> None:
+        self.api = api
+
+    def Cluster(
+        self, request: clustering_pb2.ClusterRequest, context: grpc.ServicerContext
+    ) -> clustering_pb2.ClusterResponse:
+        return _unary("Cluster", self.api.cluster, request, context)
+
+    def Colors(
+        self, request: clustering_pb2.ColorsRequest, context: grpc.ServicerContext
+    ) -> clustering_pb2.ColorsResponse:
+        return _unary("Colors", self.api.colors, request, context)
+
+
+def _deny(message: str) -> grpc.RpcMethodHandler:
+    def abort(request: Any, context: grpc.ServicerContext) -> None:
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    return grpc.unary_unary_rpc_method_handler(abort)
+
+
+class TokenInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Require ``authorization: Bearer <token>`` metadata on every RPC but health and reflection."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        method = handler_call_details.method or ""
+        if method.startswith(_OPEN_PREFIXES):
+            return continuation(handler_call_details)
+        given = ""
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == "authorization":
+                given = value if isinstance(value, str) else value.decode("latin-1")
+        if not given:
+            return _deny(
+                "this server needs a token: send the metadata 'authorization: Bearer <token>'"
+            )
+        if not hmac.compare_digest(given.encode(), self._expected):
+            log.warning("rejected a gRPC call to %s with a wrong token", method)
+            return _deny("the bearer token is wrong")
+        return continuation(handler_call_details)

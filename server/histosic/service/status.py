@@ -1,0 +1,85 @@
+"""The one place that maps exceptions to RPC status codes, for gRPC and Connect alike.
+
+Servicers raise :mod:`histosic.errors` classes (or let the core raise them); the protocol adapters
+call :func:`status_of` and turn the result into a gRPC status or a Connect error. Anything that is
+not a :class:`~histosic.errors.HistosicError` is a bug: it becomes INTERNAL with a generic message,
+and its traceback is logged, never sent to the client.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from histosic.errors import (
+    CancelledError,
+    EmbeddingNotFoundError,
+    HistosicError,
+    InvalidInputError,
+    ModelUnavailableError,
+    OutputExistsError,
+    PermissionDeniedError,
+    PreconditionError,
+    ResourceExhaustedError,
+    SlideNotFoundError,
+)
+
+__all__ = [
+    "JobNotFoundError",
+    "RpcStatus",
+    "UnauthenticatedError",
+    "status_of",
+]
+
+log = logging.getLogger(__name__)
+
+
+class UnauthenticatedError(PermissionDeniedError):
+    """The bearer token is missing or wrong (UNAUTHENTICATED rather than PERMISSION_DENIED)."""
+
+
+class JobNotFoundError(HistosicError, LookupError):
+    """No embedding job has the given id on this server."""
+
+
+@dataclass(frozen=True)
+class RpcStatus:
+    """A status code name shared by gRPC and Connect (``grpc.StatusCode`` names) and a message."""
+
+    code: str
+    message: str
+
+
+# Most specific first: the first class an exception is an instance of decides its code.
+_TABLE: tuple[tuple[type[BaseException], str], ...] = (
+    (UnauthenticatedError, "UNAUTHENTICATED"),
+    (PermissionDeniedError, "PERMISSION_DENIED"),
+    (CancelledError, "CANCELLED"),
+    (ResourceExhaustedError, "RESOURCE_EXHAUSTED"),
+    (PreconditionError, "FAILED_PRECONDITION"),
+    (ModelUnavailableError, "FAILED_PRECONDITION"),
+    (OutputExistsError, "ALREADY_EXISTS"),
+    (SlideNotFoundError, "NOT_FOUND"),
+    (EmbeddingNotFoundError, "NOT_FOUND"),
+    (JobNotFoundError, "NOT_FOUND"),
+    (InvalidInputError, "INVALID_ARGUMENT"),
+)
+
+
+def status_of(exc: BaseException, *, rpc: str = "") -> RpcStatus:
+    """The status code and client-facing message for an exception raised while serving ``rpc``.
+
+    Unexpected exceptions are logged here with their traceback and answered as INTERNAL.
+    """
+    for cls, code in _TABLE:
+        if isinstance(exc, cls):
+            return RpcStatus(code, str(exc) or cls.__name__)
+    if isinstance(exc, HistosicError):
+        log.error("%s: unmapped %s: %s", rpc or "rpc", type(exc).__name__, exc, exc_info=exc)
+        return RpcStatus("INTERNAL", f"{type(exc).__name__}: {exc}")
+    log.error("%s: internal error", rpc or "rpc", exc_info=exc)
+    return RpcStatus(
+        "INTERNAL",
+        f"internal server error ({type(exc).__name__}) in {rpc or 'the request'}; the server log "
+        "has the traceback",
+    )

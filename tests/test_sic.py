@@ -331,3 +331,20 @@ def test_predict_before_fit() -> None:
 
     with pytest.raises(NotFittedError):
         SeededKMeans().predict(np.zeros((2, 2)))
+
+
+@pytest.mark.parametrize(("n_classes", "per_class"), [(2, 1), (2, 5), (3, 3)])
+def test_logreg_matches_scikit_learn(n_classes: int, per_class: int) -> None:
+    # The numpy solver minimises scikit-learn's objective; both optima agree up to its tolerance.
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = _blobs(tuple([400] * n_classes), dim=32, sep=1.5, seed=5)
+    s = _pick_seeds(y, per_class, seed=2)
+    r = seeded_iterative_clustering(X, s, method="logreg", preprocess=PAPER_PREPROCESS)
+    Z = X - X.mean(axis=0)
+    Z = Z / np.sqrt(np.mean(Z.astype(np.float64) ** 2))
+    clf = LogisticRegression(C=0.1, class_weight="balanced", max_iter=1000)
+    clf.fit(Z[s >= 0], s[s >= 0])
+    proba = clf.predict_proba(Z)
+    assert np.mean(r.labels == clf.classes_[proba.argmax(axis=1)]) > 0.99
+    np.testing.assert_allclose(r.confidence, proba.max(axis=1), atol=5e-3)

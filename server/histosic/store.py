@@ -292,8 +292,11 @@ class EmbeddingWriter:
         coords = f.create_dataset("coords", data=self.coords)
         f.create_dataset("tissue_fraction", shape=(self.n_total,), dtype="float32")
         f.create_dataset("white_fraction", shape=(self.n_total,), dtype="float32")
-        _write_attrs(f, _meta_attrs(self.meta))
-        _write_attrs(f, _interop_attrs(self.meta))
+        meta_attrs = _meta_attrs(self.meta)
+        _write_attrs(f, meta_attrs)
+        # Interop attributes go on / only where they do not shadow histosic's own (``overlap`` is
+        # a fraction here but pixels for Trident); readers of Trident/CLAM files look on /coords.
+        _write_attrs(f, {k: v for k, v in _interop_attrs(self.meta).items() if k not in meta_attrs})
         _write_attrs(coords, _interop_attrs(self.meta))
         f.attrs["settings_json"] = json.dumps(self.meta.settings_key(), sort_keys=True)
         f.attrs["n_done"] = 0
@@ -402,6 +405,9 @@ def _meta_from_attrs(
                 kwargs["extra"] = json.loads(_attr(root, "extra_json", "{}") or "{}")
             elif f.name in root:
                 kwargs[f.name] = _attr(root, f.name)
+        if "overlap_fraction" in root:
+            # Files written before the fix above stored Trident's pixel overlap over the fraction.
+            kwargs["overlap"] = float(_attr(root, "overlap_fraction"))
         return EmbeddingMeta(**kwargs)
     # A Trident or CLAM file: recover what its attributes allow.
     merged = {**dict(root), **dict(coords_attrs)}

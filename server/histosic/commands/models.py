@@ -1,0 +1,39 @@
+"""``histosic models``: the backbones, their dimensions, and whether each is usable now."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+__all__ = ["register", "run"]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "models",
+        help="list embedding models and whether they are usable here",
+        description=(
+            "List the backbones `histosic embed --model` accepts: output dimension, input size, "
+            "and whether the weights are available now (cached, downloadable, or a local file)."
+        ),
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from histosic.embed import list_models
+
+    models = list_models()
+    if args.json:
+        print(json.dumps([dataclasses.asdict(m) for m in models], indent=2))
+        return 0
+    width = max(len(m.name) for m in models)
+    print(f"{'model':<{width}}  {'dim':>5}  {'input':>5}  usable  notes")
+    for m in models:
+        dim = str(m.dim) if m.dim else "-"
+        usable = "yes" if m.available else "no"
+        print(f"{m.name:<{width}}  {dim:>5}  {m.input_size:>5}  {usable:<6}  {m.description}")
+        print(f"{'':<{width}}  {'':>5}  {'':>5}  {'':<6}  ({m.reason})")
+    return 0

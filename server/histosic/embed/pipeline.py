@@ -1,0 +1,627 @@
+"""Embed one slide: tissue grid, batched patch reading in DataLoader workers, inference, HDF5.
+
+Workers each open the slide themselves and return whole batches of ``uint8`` patches (so there is
+no per-patch collation); neighbouring patches on a row are read as one region, which halves the
+decoding at 50% overlap. The main process copies a batch to the device (pinned, non-blocking on
+CUDA), converts and normalises it there, and runs the model under ``torch.inference_mode`` in
+``channels_last`` with bf16/fp16 autocast on CUDA. Results are appended to a ``.partial`` HDF5
+file that a killed run resumes; the final name appears only when every patch is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from histosic.embed.models import LoadedModel, get_model_info, load_model, weights_id
+from histosic.errors import (
+    CancelledError,
+    HistosicError,
+    InvalidInputError,
+    NoTissueError,
+    OutputExistsError,
+)
+from histosic.slides import Slide, TissueConfig, detect_tissue, open_slide, white_fraction
+from histosic.store import EmbeddingMeta, EmbeddingWriter, file_fingerprint, read_meta
+from histosic.tiling import PatchGrid, TilingConfig, make_grid
+
+__all__ = [
+    "default_workers",
+    "embed_slide",
+    "embedding_filename",
+    "read_patches",
+    "resolve_device",
+    "slide_grid",
+]
+
+log = logging.getLogger(__name__)
+
+# A row run read as one region is capped so one read stays a few MB.
+_MAX_RUN_PATCHES = 32
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``'auto'`` picks CUDA, then Apple MPS, then the CPU; other values are checked."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise InvalidInputError(
+            f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'"
+        ) from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(
+            f"device {device!r} asked for, but CUDA is not available here; use --device cpu"
+        )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InvalidInputError(f"device {device!r}: only {torch.cuda.device_count()} CUDA devices")
+    return dev
+
+
+def default_workers(device: torch.device) -> int:
+    """DataLoader workers: most cores on a GPU machine; on the CPU one reader beside the model."""
+    cores = os.cpu_count() or 1
+    if device.type == "cpu":
+        return 1 if cores >= 2 else 0
+    return max(1, min(16, cores - 1))
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _slug(text: str) -> str:
+    return _UNSAFE.sub("-", text).strip("-.") or "x"
+
+
+def embedding_filename(
+    slide_path: str | os.PathLike[str],
+    model: str,
+    tiling: TilingConfig = TilingConfig(),  # noqa: B008 - frozen dataclass
+) -> str:
+    """Deterministic, filesystem-safe name of the embedding file of a slide, model and tiling.
+
+    ``<slide stem>.<model>.<mpp>mpp-<size>px-ov<overlap>-t<threshold>.h5``; a model that names a
+    file (``checkpoint:<path>``) gets the file's stem and a short hash of its path.
+    """
+    import hashlib
+
+    kind, _, arg = model.partition(":")
+    if arg:
+        digest = hashlib.sha256(arg.encode()).hexdigest()[:8]
+        model_part = _slug(f"{kind}-{Path(arg).stem}" if kind != "timm" else f"timm-{arg}")
+        if kind != "timm":
+            model_part += f"-{digest}"
+    else:
+        model_part = _slug(model)
+    stem = _slug(Path(slide_path).stem)
+    tiling_part = (
+        f"{tiling.target_mpp:g}mpp-{tiling.patch_size}px"
+        f"-ov{tiling.overlap:g}-t{tiling.tissue_threshold:g}"
+    )
+    return f"{stem}.{model_part}.{_slug(tiling_part)}.h5"
+
+
+def _thumbnail_size(slide: Slide, size_level0: int, tissue: TissueConfig) -> int:
+    # Enough thumbnail pixels that a patch spans about 8 mask pixels, within sane bounds.
+    longest = max(slide.dimensions)
+    want = int(math.ceil(8 * longest / max(size_level0, 1)))
+    return int(min(max(tissue.thumbnail_size, min(want, 4096)), longest))
+
+
+def slide_grid(
+    slide: Slide,
+    tiling: TilingConfig = TilingConfig(),  # noqa: B008 - frozen dataclass
+    tissue: TissueConfig = TissueConfig(),  # noqa: B008 - frozen dataclass
+) -> tuple[PatchGrid, npt.NDArray[np.bool_]]:
+    """The tissue-filtered patch grid of an open slide and the thumbnail tissue mask it used."""
+    tiling.validate()
+    from histosic.tiling import patch_size_level0
+
+    size0 = patch_size_level0(tiling, slide.mpp)
+    thumb = slide.get_thumbnail(_thumbnail_size(slide, size0, tissue))
+    mask = detect_tissue(thumb, tissue)
+    w, h = slide.dimensions
+    return make_grid(w, h, slide.mpp, tiling, tissue_mask=mask), mask
+
+
+def _resize(arr: npt.NDArray[np.uint8], size: int) -> npt.NDArray[np.uint8]:
+    if arr.shape[0] == size and arr.shape[1] == size:
+        return arr
+    return np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.BILINEAR))
+
+
+def read_patches(
+    slide: Slide, coords: npt.NDArray[np.int64], size_level0: int, out_size: int
+) -> npt.NDArray[np.uint8]:
+    """Read square patches, at the best pyramid level, resized to ``out_size``.
+
+    Patches on the same row that touch or overlap are read as one region, so the overlapping
+    pixels are decoded once.
+
+    Parameters
+    ----------
+    slide : Slide
+    coords : ndarray of shape (n, 2)
+        Level-0 top-left ``(x, y)``.
+    size_level0 : int
+        Patch side in level-0 pixels.
+    out_size : int
+        Patch side in output pixels.
+
+    Returns
+    -------
+    ndarray of shape (n, out_size, out_size, 3), uint8
+    """
+    n = int(coords.shape[0])
+    out = np.empty((n, out_size, out_size, 3), dtype=np.uint8)
+    level = slide.best_level_for_downsample(size_level0 / out_size)
+    ds = slide.level_downsamples[level]
+    side = max(1, int(math.ceil(size_level0 / ds - 1e-6)))
+    i = 0
+    while i < n:
+        j = i + 1
+        while (
+            j < n
+            and j - i < _MAX_RUN_PATCHES
+            and coords[j, 1] == coords[i, 1]
+            and 0 < coords[j, 0] - coords[j - 1, 0] <= size_level0
+        ):
+            j += 1
+        x0, y0 = int(coords[i, 0]), int(coords[i, 1])
+        span = int(coords[j - 1, 0]) + size_level0 - x0
+        width = max(side, int(math.ceil(span / ds - 1e-6)))
+        region = slide.read_region_array((x0, y0), level, (width, side))
+        for k in range(i, j):
+            ox = int(round((int(coords[k, 0]) - x0) / ds))
+            ox = min(ox, width - side)
+            out[k] = _resize(region[:, ox : ox + side], out_size)
+        i = j
+    return out
+
+
+class _PatchBatches(Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
+    """Item ``i`` is batch ``i``: (uint8 patches (b, s, s, 3), white fractions (b,), first row)."""
+
+    def __init__(
+        self,
+        path: Path,
+        mpp: float,
+        coords: npt.NDArray[np.int64],
+        size_level0: int,
+        patch_size: int,
+        batch_size: int,
+        start: int,
+        slide: Slide | None = None,
+        backend: str | None = None,
+    ) -> None:
+        self.path = path
+        self.mpp = mpp
+        self.backend = backend
+        self.coords = coords
+        self.size_level0 = size_level0
+        self.patch_size = patch_size
+        self.batch_size = batch_size
+        self.start = start
+        self._slide = slide
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Each worker opens its own slide handle; handles do not cross processes.
+        state = dict(self.__dict__)
+        state["_slide"] = None
+        return state
+
+    def __len__(self) -> int:
+        return max(0, math.ceil((len(self.coords) - self.start) / self.batch_size))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        if self._slide is None:
+            self._slide = open_slide(self.path, mpp=self.mpp, backend=self.backend)
+        lo = self.start + index * self.batch_size
+        hi = min(lo + self.batch_size, len(self.coords))
+        patches = read_patches(self._slide, self.coords[lo:hi], self.size_level0, self.patch_size)
+        return torch.from_numpy(patches), torch.from_numpy(white_fraction(patches)), lo
+
+
+def _clean_worker_error(err: HistosicError) -> HistosicError:
+    # DataLoader re-raises a worker's exception with the worker's traceback in the message;
+    # users need the original one line.
+    text = str(err)
+    if "Traceback" not in text:
+        return err
+    last = text.rstrip().splitlines()[-1]
+    _, sep, msg = last.partition(f"{type(err).__name__}: ")
+    return type(err)(msg if sep else last)
+
+
+class _Preprocess:
+    """uint8 NHWC batch on the device -> normalised float NCHW (channels_last) at the model size."""
+
+    def __init__(self, loaded: LoadedModel, device: torch.device) -> None:
+        info = loaded.info
+        self.size = info.input_size
+        # (x / 255 - mean) / std as one scale and one shift of the raw 0..255 values.
+        mean = torch.tensor(info.mean, device=device).view(1, 3, 1, 1) * 255.0
+        std = torch.tensor(info.std, device=device).view(1, 3, 1, 1) * 255.0
+        self.scale = 1.0 / std
+        self.shift = -mean / std
+        self.device = device
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        x = batch.to(self.device, non_blocking=True)
+        # NHWC memory viewed as NCHW is already channels_last.
+        x = x.permute(0, 3, 1, 2).float()
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            x = F.interpolate(
+                x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False
+            )
+        x = x.mul_(self.scale).add_(self.shift)  # in place: no extra full-size copies
+        return x.contiguous(memory_format=torch.channels_last)
+
+
+def _autocast(device: torch.device) -> Any:
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def _iterate(
+    dataset: _PatchBatches, workers: int, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    if workers <= 0:
+        for i in range(len(dataset)):
+            yield dataset[i]
+        return
+    # fork is fast, but forking a process whose other threads hold locks (a gRPC server calling us
+    # from a worker thread) can deadlock the child; spawn is safe there.
+    ctx = (
+        "fork"
+        if threading.current_thread() is threading.main_thread() and os.name == "posix"
+        else "spawn"
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        # Two batches per worker: enough to hide reading, little shared memory (/dev/shm).
+        prefetch_factor=2,
+        multiprocessing_context=ctx,
+        persistent_workers=False,
+    )
+    yield from loader
+
+
+def _existing(path: Path, meta: EmbeddingMeta) -> str:
+    """'same', 'other' (settings or slide differ) or 'unreadable' for an existing output file."""
+    try:
+        existing = read_meta(path)
+    except HistosicError as err:
+        log.warning("existing %s is unreadable (%s); it will be replaced", path, err)
+        return "unreadable"
+    same = json.dumps(existing.settings_key(), sort_keys=True) == json.dumps(
+        meta.settings_key(), sort_keys=True
+    )
+    return "same" if same else "other"
+
+
+def embed_slide(
+    slide: str | os.PathLike[str] | Slide,
+    out: str | os.PathLike[str],
+    *,
+    model: str = "resnet18-random",
+    tiling: TilingConfig = TilingConfig(),  # noqa: B008 - frozen dataclass
+    slide_mpp: float | None = None,
+    batch_size: int = 64,
+    workers: int | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    tissue: TissueConfig = TissueConfig(),  # noqa: B008 - frozen dataclass
+    dtype: str = "float32",
+) -> Path:
+    """Embed every tissue patch of a slide and write an HDF5 embedding file.
+
+    Parameters
+    ----------
+    slide : path-like or Slide
+        The slide (an open :class:`~histosic.slides.Slide` is used as is; workers reopen its path).
+    out : path-like
+        An ``.h5``/``.hdf5`` file name, or a directory that receives
+        :func:`embedding_filename`.
+    model : str, default 'resnet18-random'
+        A registry name (:func:`histosic.embed.list_models`).
+    tiling : TilingConfig
+    slide_mpp : float, optional
+        Level-0 microns per pixel; overrides metadata, required for plain images.
+    batch_size : int, default 64
+    workers : int, optional
+        DataLoader worker processes; None picks :func:`default_workers`, 0 reads in this process.
+    device : str, default 'auto'
+        'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.
+    overwrite : bool, default False
+        Re-embed although a file with the same settings exists (and ignore a partial file).
+    progress : callable(done, total), optional
+        Called after every batch with the numbers of patches written and in all.
+    should_stop : callable() -> bool, optional
+        Polled before every batch; when it returns True the partial file is deleted and
+        :class:`~histosic.errors.CancelledError` raised.
+    tissue : TissueConfig
+    dtype : {'float32', 'float16'}, default 'float32'
+        Stored feature type.
+
+    Returns
+    -------
+    Path
+        The embedding file (returned at once when it already exists with the same settings).
+
+    Raises
+    ------
+    SlideNotFoundError, CorruptFileError, UnknownResolutionError, NoTissueError,
+    UnknownModelError, ModelUnavailableError, OutputExistsError, CancelledError
+        With no partial file left behind (a run killed from outside leaves one, to resume).
+    """
+    tiling.validate()
+    tissue.validate()
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise InvalidInputError(f"batch size must be a positive integer, got {batch_size!r}")
+    if workers is not None and (int(workers) != workers or workers < 0):
+        raise InvalidInputError(f"workers must be a non-negative integer, got {workers!r}")
+    info = get_model_info(model, check=False)  # unknown model: fail before any work
+    dev = resolve_device(device)
+    opened = not isinstance(slide, Slide)
+    s = open_slide(slide, mpp=slide_mpp) if not isinstance(slide, Slide) else slide
+    try:
+        return _embed_open_slide(
+            s,
+            Path(out),
+            model,
+            info.name,
+            tiling,
+            tissue,
+            int(batch_size),
+            workers,
+            dev,
+            overwrite,
+            progress,
+            should_stop,
+            dtype,
+        )
+    finally:
+        if opened:
+            s.close()
+
+
+def _embed_open_slide(
+    slide: Slide,
+    out: Path,
+    model: str,
+    model_name: str,
+    tiling: TilingConfig,
+    tissue: TissueConfig,
+    batch_size: int,
+    workers: int | None,
+    device: torch.device,
+    overwrite: bool,
+    progress: Callable[[int, int], None] | None,
+    should_stop: Callable[[], bool] | None,
+    dtype: str,
+) -> Path:
+    from histosic.tiling import patch_size_level0, stride_level0
+
+    if out.suffix.lower() in (".h5", ".hdf5"):
+        path = out
+    else:
+        path = out / embedding_filename(slide.path, model, tiling)
+    w, h = slide.dimensions
+    base_meta = EmbeddingMeta(
+        slide_path=str(slide.path.resolve()),
+        slide_fingerprint=file_fingerprint(slide.path),
+        level0_width=w,
+        level0_height=h,
+        mpp=slide.mpp,
+        target_mpp=tiling.target_mpp,
+        patch_size=tiling.patch_size,
+        patch_size_level0=patch_size_level0(tiling, slide.mpp),
+        stride_level0=stride_level0(tiling, slide.mpp),
+        overlap=tiling.overlap,
+        model=model_name,
+        weights_hash=weights_id(model),
+        tissue_method=tissue.name,
+        tissue_threshold=tiling.tissue_threshold,
+    )
+    state = _existing(path, base_meta) if path.exists() and not overwrite else "absent"
+    if state == "same":
+        log.info("%s is already embedded with these settings: %s (skipped)", slide.path, path)
+        if progress is not None:
+            n = _n_patches(path)
+            progress(n, n)
+        return path
+    if state == "other":
+        raise OutputExistsError(
+            f"{path} exists but was made from another slide file or other settings; pass "
+            "--overwrite (overwrite=True) to replace it, or choose another --out"
+        )
+
+    if should_stop is not None and should_stop():
+        raise CancelledError(f"embedding of {slide.path} cancelled before it started")
+    grid, _ = slide_grid(slide, tiling, tissue)
+    if len(grid) == 0:
+        raise NoTissueError(
+            f"no tissue patch in {slide.path}: none of the {grid.n_candidates} patches of "
+            f"{tiling.patch_size} px at {tiling.target_mpp:g} um/px reaches tissue fraction "
+            f"{tiling.tissue_threshold:g}; lower --tissue-threshold (0 keeps every patch), check "
+            "--slide-mpp, or check that the slide holds stained tissue"
+        )
+    loaded = load_model(model)
+    info = loaded.info
+    preprocessing = {
+        "input_size": info.input_size,
+        "mean": list(info.mean),
+        "std": list(info.std),
+        "resize": f"bilinear {tiling.patch_size} px -> {info.input_size} px",
+        "white_level": 220,
+    }
+    extra = {
+        "reader": slide.backend,
+        "mpp_source": slide.mpp_source,
+        "read_level": slide.best_level_for_downsample(grid.patch_size_level0 / info.input_size),
+        "n_candidates": grid.n_candidates,
+        "device": str(device),
+        "model_description": info.description,
+    }
+    meta = dataclasses.replace(
+        base_meta,
+        weights_hash=loaded.weights_hash,
+        preprocessing=json.dumps(preprocessing, sort_keys=True),
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        extra=extra,
+    )
+    writer = EmbeddingWriter(path, meta, grid.coords, info.dim, dtype=dtype, resume=not overwrite)
+    try:
+        _run(
+            slide, grid, loaded, writer, batch_size, workers, device, tiling, progress, should_stop
+        )
+        return writer.finish()
+    except HistosicError:
+        writer.discard()
+        raise
+    except BaseException:
+        # An interruption or an unexpected failure keeps the partial file for a resume.
+        writer.close()
+        raise
+
+
+def _n_patches(path: Path) -> int:
+    """Number of patches in a complete embedding file (reads only the coords shape)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return int(f["coords"].shape[0])
+
+
+def _run(
+    slide: Slide,
+    grid: PatchGrid,
+    loaded: LoadedModel,
+    writer: EmbeddingWriter,
+    batch_size: int,
+    workers: int | None,
+    device: torch.device,
+    tiling: TilingConfig,
+    progress: Callable[[int, int], None] | None,
+    should_stop: Callable[[], bool] | None,
+) -> None:
+    n_total = writer.n_total
+    if progress is not None:
+        progress(writer.n_done, n_total)
+    if writer.n_done >= n_total:
+        return
+    n_workers = default_workers(device) if workers is None else int(workers)
+    module = loaded.module.to(device)
+    if device.type != "cpu" or any(p.dim() == 4 for p in module.parameters()):
+        module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    prep = _Preprocess(loaded, device)
+    dataset = _PatchBatches(
+        # Patches are resized straight to the network's input size in the workers (one resample
+        # from the pyramid level, off the main process), e.g. 256 px at 0.5 um/px -> 224 px.
+        slide.path,
+        slide.mpp,
+        grid.coords,
+        grid.patch_size_level0,
+        loaded.info.input_size,
+        batch_size,
+        writer.n_done,
+        slide=slide if n_workers == 0 else None,
+        backend=slide.backend,
+    )
+    log.info(
+        "embedding %d patches of %s with %s on %s (%d workers, batch %d), starting at %d",
+        n_total,
+        slide.path,
+        loaded.info.name,
+        device,
+        n_workers,
+        batch_size,
+        writer.n_done,
+    )
+    batches = _iterate(dataset, n_workers, device)
+    cuda = device.type == "cuda"
+    # On CUDA one batch is in flight: batch i's features come back to the host (pinned,
+    # non-blocking) and are written while the GPU computes batch i + 1, so the HDF5 write and the
+    # next batch's fetch do not leave the GPU idle. On the CPU each batch is written at once.
+    pending: tuple[torch.Tensor, int, npt.NDArray[np.float32], Any] | None = None
+
+    def flush(item: tuple[torch.Tensor, int, npt.NDArray[np.float32], Any]) -> None:
+        host, lo, white_np, event = item
+        if event is not None:
+            event.synchronize()
+        hi = lo + host.shape[0]
+        writer.write(host.numpy(), grid.tissue_fraction[lo:hi], white_np)
+        if progress is not None:
+            progress(writer.n_done, n_total)
+
+    expected = writer.n_done
+    try:
+        with torch.inference_mode(), _autocast(device):
+            for patches, white, lo in batches:
+                if should_stop is not None and should_stop():
+                    raise CancelledError(
+                        f"embedding of {slide.path} cancelled at patch {writer.n_done} of {n_total}"
+                    )
+                if lo != expected:  # pragma: no cover - the loader keeps order
+                    raise RuntimeError(f"batch starts at {lo}, expected {expected}")
+                expected = lo + patches.shape[0]
+                feats = module(prep(patches))
+                if feats.ndim != 2:
+                    feats = feats.flatten(1)
+                feats = feats.float()
+                if not cuda:
+                    flush((feats, lo, white.numpy(), None))
+                    continue
+                host = torch.empty(feats.shape, dtype=torch.float32, pin_memory=True)
+                host.copy_(feats, non_blocking=True)
+                event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+                event.record()
+                if pending is not None:
+                    flush(pending)
+                pending = (host, lo, white.numpy(), event)
+            if pending is not None:
+                flush(pending)
+    except HistosicError as err:
+        clean = _clean_worker_error(err)
+        if clean is err:
+            raise
+        raise clean from err
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()

@@ -81,9 +81,10 @@ def _check_X(X: npt.ArrayLike) -> FloatArray:
         arr = arr.astype(np.float64)
     elif arr.dtype not in (np.float32, np.float64):
         arr = arr.astype(np.float32)
-    # One summed pass instead of a full boolean mask: a sum is finite iff every term is (for
-    # embedding-sized values, far from float overflow); only a failure pays for the slow search.
-    if not np.isfinite(np.add.reduce(arr, axis=None, dtype=np.float64)):
+    # One summed pass instead of a full boolean mask: the sum of finite values is finite unless
+    # it overflows, and only then (or with a real NaN/inf) do we pay for the exact search.
+    row_sums = arr @ np.ones(arr.shape[1], dtype=arr.dtype)  # NaN/inf propagate; one fast pass
+    if not np.isfinite(row_sums.sum()) and not np.isfinite(arr).all():
         bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
         raise InvalidInputError(
             f"X has NaN or infinite values in {bad.size} row(s) (first: row {int(bad[0])}); "
@@ -186,45 +187,42 @@ def _lloyd2(
     is not looked at again. Only the first iteration streams all of ``X``; later ones touch the few
     points near the boundary, and the centre sums are updated from the points that moved.
     """
-    n, d = X.shape
+    n = X.shape[0]
     if norms is None:
-        norms = np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64))
+        norms = np.sqrt(_sq_norms(X))
     c = np.asarray(centers, dtype=np.float64)
     w = c[1] - c[0]
     b = 0.5 * (c[1] @ c[1] - c[0] @ c[0])
-    margin = np.empty(n, dtype=np.float64)
-    block = max(256, _BLOCK_BYTES // max(d * X.dtype.itemsize, 1))
-    wx = w.astype(X.dtype)
-    total = np.zeros(d, dtype=np.float64)
-    s1 = np.zeros(d, dtype=np.float64)
-    lab = np.empty(n, dtype=bool)
-    for start in range(0, n, block):
-        Xb = X[start : start + block]
-        mb = Xb @ wx - b
-        margin[start : start + block] = mb
-        lb = mb > 0
-        lab[start : start + block] = lb
-        total += Xb.sum(axis=0, dtype=np.float64)
-        if pinned_idx is None:
-            s1 += lb.astype(X.dtype) @ Xb
+    # Whole-matrix vector products: BLAS streams X at full bandwidth for a matrix-vector
+    # product, while a 2-row matrix-matrix product runs at about half of it.
+    margin = (X @ w.astype(X.dtype)).astype(np.float64) - b
+    lab = margin > 0
     pinned_mask = None
     if pinned_idx is not None and pinned_lab is not None:
         lab[pinned_idx] = pinned_lab == 1
         pinned_mask = np.zeros(n, dtype=bool)
         pinned_mask[pinned_idx] = True
-        for start in range(0, n, block):
-            s1 += lab[start : start + block].astype(X.dtype) @ X[start : start + block]
+    total = (np.ones(n, dtype=X.dtype) @ X).astype(np.float64)
+    s1 = (lab.astype(X.dtype) @ X).astype(np.float64)
     bound = np.abs(margin)
     if pinned_mask is not None:
         bound[pinned_mask] = np.inf
     n1 = int(lab.sum())
+    # scikit-learn's convergence tolerance: centres that move less than 1e-4 of the mean feature
+    # variance (squared) stop the iterations, as they do in KMeans; the mean variance comes for
+    # free from the row norms and the total.
+    mean = total / max(n, 1)
+    tol_abs = 1e-4 * max(float(norms @ norms) / max(n, 1) - float(mean @ mean), 0.0) / X.shape[1]
     n_iter = 1
     for n_iter in range(1, max_iter + 1):
+        c_prev = c.copy()
         n0 = n - n1
         if n1 > 0:
             c[1] = s1 / n1
         if n0 > 0:
             c[0] = (total - s1) / n0
+        if n_iter > 1 and float(((c - c_prev) ** 2).sum()) <= tol_abs:
+            break
         w_new = c[1] - c[0]
         b_new = 0.5 * (c[1] @ c[1] - c[0] @ c[0])
         dw = float(np.linalg.norm(w_new - w))
@@ -236,7 +234,13 @@ def _lloyd2(
         cand = np.flatnonzero(bound <= 0)
         if cand.size == 0:
             break
-        m = X[cand] @ w.astype(X.dtype) - b
+        if cand.size > n // 4:
+            # Most points are near the boundary (a homogeneous cluster being split): one
+            # contiguous pass is cheaper than gathering them.
+            cand = np.arange(n)
+            m = X @ w.astype(X.dtype) - b
+        else:
+            m = X[cand] @ w.astype(X.dtype) - b
         bound[cand] = np.abs(m)
         new_lab = m > 0
         moved = cand[new_lab != lab[cand]]
@@ -411,7 +415,17 @@ def preprocess_features(
     -------
     ndarray of shape (n_patches, dim) or (n_patches, pca_components), same float dtype as X.
     """
-    Xa = _check_X(X)
+    return _preprocess(_check_X(X), nuisance=nuisance, grid=grid, config=config)
+
+
+def _preprocess(
+    Xa: FloatArray,
+    *,
+    nuisance: npt.ArrayLike | None,
+    grid: npt.ArrayLike | None,
+    config: Preprocess,
+) -> FloatArray:
+    """:func:`preprocess_features` on an already validated matrix."""
     n = Xa.shape[0]
     out = Xa
     if config.regress_nuisance and nuisance is not None:
@@ -564,17 +578,43 @@ def _make_metric(metric: str | Metric, positive: int | None, classes: Sequence[i
     )
 
 
-def _centroid_confidence(X: FloatArray, labels: IntArray, classes: Sequence[int]) -> FloatArray:
-    """``d_other / (d_own + d_other)`` from distances to the class centroids of ``labels``."""
+def _products(X: FloatArray, C: FloatArray) -> npt.NDArray[np.float64]:
+    """``X @ C.T`` as float64; column by column for a few centres (matrix-vector products stream
+    X faster than a thin matrix-matrix product)."""
+    if C.shape[0] <= 4:
+        return np.stack([X @ c for c in C.astype(X.dtype)], axis=1).astype(np.float64)
+    return (X @ C.astype(X.dtype).T).astype(np.float64)
+
+
+def _sq_norms(X: FloatArray) -> npt.NDArray[np.float64]:
+    """Squared row norms (in X's precision: a float64 pass over X costs twice as much)."""
+    return np.asarray(np.einsum("ij,ij->i", X, X), dtype=np.float64)
+
+
+def _centroid_confidence(
+    X: FloatArray,
+    labels: IntArray,
+    classes: Sequence[int],
+    sq_norms: npt.NDArray[np.float64] | None = None,
+) -> FloatArray:
+    """``d_other / (d_own + d_other)`` from distances to the class centroids of ``labels``.
+
+    Two passes over X: the class sums (one matrix product with the one-hot labels) and the
+    distances to the centroids.
+    """
     cls = np.asarray(classes)
-    present = [c for c in cls if np.any(labels == c)]
-    if len(present) < 2:
+    counts = np.array([np.count_nonzero(labels == c) for c in cls])
+    present = cls[counts > 0]
+    if present.size < 2:
         return np.ones(labels.shape[0], dtype=np.float64)
-    C = np.stack([X[labels == c].mean(axis=0) for c in present]).astype(X.dtype)
-    sq = np.einsum("ij,ij->i", X, X)[:, None] - 2 * (X @ C.T) + np.einsum("ij,ij->i", C, C)[None, :]
-    dist = np.sqrt(np.maximum(sq.astype(np.float64), 0.0))
-    own_col = np.searchsorted(np.asarray(present), labels)
-    own_col = np.clip(own_col, 0, len(present) - 1)
+    own_col = np.clip(np.searchsorted(present, labels), 0, present.size - 1)
+    C = np.stack([(own_col == j).astype(X.dtype) @ X for j in range(present.size)])
+    C /= counts[counts > 0][:, None].astype(X.dtype)
+    if sq_norms is None:
+        sq_norms = _sq_norms(X)
+    sq = sq_norms[:, None] - 2 * _products(X, C)
+    sq += np.einsum("ij,ij->i", C, C).astype(np.float64)[None, :]
+    dist = np.sqrt(np.maximum(sq, 0.0))
     rows = np.arange(labels.shape[0])
     d_own = dist[rows, own_col]
     dist[rows, own_col] = np.inf
@@ -624,6 +664,7 @@ def _sic(
     min_cluster_size: int,
     max_iter: int,
     rng: np.random.RandomState,
+    norms: FloatArray,
 ) -> tuple[IntArray, list[Step]]:
     """The paper's SIC: a seeded split, then repeated re-splits of each target cluster.
 
@@ -633,8 +674,6 @@ def _sic(
     """
     seeded = np.flatnonzero(s >= 0)
     branch0 = "constrained-kmeans" if constrained else "seeded-kmeans"
-    # Row norms once: the two-cluster Lloyd uses them for its bounds, on X and on every subset.
-    norms = np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64))
     labels = _seeded_split(X, s, classes, constrained, max_iter, norms)
     score = score_fn(s[seeded], labels[seeded])
     history = [Step(0, branch0, score, tuple(int(np.sum(labels == c)) for c in classes), True)]
@@ -1008,14 +1047,18 @@ def seeded_iterative_clustering(
     else:
         pos = None
     config = Preprocess() if preprocess is None else preprocess
-    Xp = preprocess_features(Xa, nuisance=nuisance, grid=grid, config=config)
+    Xp = _preprocess(Xa, nuisance=nuisance, grid=grid, config=config)
     rng = np.random.RandomState(random_state)
     score_fn = _make_metric(metric, pos, classes)
     seeded = np.flatnonzero(s >= 0)
 
     history: list[Step]
     confidence: FloatArray | None = None
+    sq_norms: npt.NDArray[np.float64] | None = None
     if method == "sic":
+        # Row norms once: the two-cluster Lloyd bounds use them (on X and on every subset), and so
+        # does the confidence.
+        sq_norms = _sq_norms(Xp)
         labels, history = _sic(
             Xp,
             s,
@@ -1028,9 +1071,11 @@ def seeded_iterative_clustering(
             min_cluster_size=min_cluster_size,
             max_iter=max_iter,
             rng=rng,
+            norms=np.sqrt(sq_norms),
         )
     elif method == "seeded-kmeans":
-        labels = _seeded_split(Xp, s, classes, constrained, max_iter)
+        sq_norms = _sq_norms(Xp)
+        labels = _seeded_split(Xp, s, classes, constrained, max_iter, np.sqrt(sq_norms))
         history = []
     elif method == "centroid":
         labels, confidence = _centroid(Xp, s, classes, max_iter)
@@ -1045,7 +1090,7 @@ def seeded_iterative_clustering(
     if not history:
         history = [Step(0, method, score, tuple(int(np.sum(labels == c)) for c in classes), True)]
     if confidence is None:
-        confidence = _centroid_confidence(Xp, labels, classes)
+        confidence = _centroid_confidence(Xp, labels, classes, sq_norms)
     return ClusterResult(
         labels=labels.astype(np.int64),
         confidence=np.asarray(confidence, dtype=np.float64),

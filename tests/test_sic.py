@@ -348,3 +348,30 @@ def test_logreg_matches_scikit_learn(n_classes: int, per_class: int) -> None:
     proba = clf.predict_proba(Z)
     assert np.mean(r.labels == clf.classes_[proba.argmax(axis=1)]) > 0.99
     np.testing.assert_allclose(r.confidence, proba.max(axis=1), atol=5e-3)
+
+
+def test_center_pieces_removes_per_piece_offsets() -> None:
+    # Two tissue pieces (separated on the grid), each half tumour; piece 2 has a strong stain
+    # offset that a global split would follow instead of tumour.
+    from histosic.sic import grid_pieces
+
+    rng = np.random.default_rng(3)
+    left = np.array([(c, r) for r in range(10) for c in range(10)])
+    right = left + [20, 0]
+    grid = np.vstack([left, right]).astype(np.int64)
+    pieces = grid_pieces(grid)
+    assert set(pieces[:100]) == {0} and set(pieces[100:]) == {1}
+    y = np.r_[left[:, 0] >= 5, right[:, 0] >= 25].astype(np.int64)
+    X = rng.normal(size=(200, 8))
+    X[:, 0] += 3.0 * y
+    X[100:, 1] += 8.0  # stain offset of the second piece
+    s = np.full(200, -1, dtype=np.int64)
+    s[[5, 15]] = 1  # tumour seeds only in piece 1
+    s[[0, 10]] = 0
+    plain = Preprocess(regress_nuisance=False, smooth_radius=0)
+    centred = Preprocess(regress_nuisance=False, smooth_radius=0, center_pieces=True)
+    out = preprocess_features(X, grid=grid, config=centred)
+    np.testing.assert_allclose(out[:100].mean(axis=0), out[100:].mean(axis=0), atol=1e-9)
+    a = seeded_iterative_clustering(X, s, method="seeded-kmeans", grid=grid, preprocess=plain)
+    b = seeded_iterative_clustering(X, s, method="seeded-kmeans", grid=grid, preprocess=centred)
+    assert np.mean(b.labels[100:] == y[100:]) > np.mean(a.labels[100:] == y[100:]) + 0.2

@@ -88,8 +88,16 @@ def _preprocess(name: str) -> Preprocess | None:
 
     if name == "default":
         return None
-    r, s, l2, pca = PREPROCESS_PRESETS[name]
-    return Preprocess(regress_nuisance=r, smooth_radius=s, l2_normalize=l2, pca_components=pca)
+    # NAME+center: the same, with each tissue piece's mean feature subtracted
+    center = name.endswith("+center")
+    r, s, l2, pca = PREPROCESS_PRESETS[name.removesuffix("+center")]
+    return Preprocess(
+        regress_nuisance=r,
+        smooth_radius=s,
+        l2_normalize=l2,
+        pca_components=pca,
+        center_pieces=center,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,7 +153,7 @@ def parse_variant(spec: str) -> Variant:
             kw["mode"] = p
         elif p.startswith("pre="):
             name = p[4:]
-            if name != "default" and name not in PREPROCESS_PRESETS:
+            if name != "default" and name.removesuffix("+center") not in PREPROCESS_PRESETS:
                 raise InvalidInputError(
                     f"unknown preprocessing {name!r} in {spec!r}; choose default or one of "
                     f"{', '.join(PREPROCESS_PRESETS)}"

@@ -41,6 +41,7 @@ __all__ = [
     "Preprocess",
     "SeededKMeans",
     "Step",
+    "grid_pieces",
     "preprocess_features",
     "seeded_iterative_clustering",
     "suggest_seeds",
@@ -354,16 +355,34 @@ class Preprocess:
         Scale each feature vector to unit length (after the steps above).
     pca_components : int or None, default=None
         Keep this many principal components (after the steps above).
+    center_pieces : bool, default=False
+        Subtract each tissue piece's mean feature vector (pieces = groups of patches connected on
+        the patch grid, 8-neighbourhood), after the nuisance regression. Separate pieces (biopsy
+        fragments, or tiles from different patients) often differ by staining more than by tissue
+        type. Needs the patch grid. Harmful when a piece is all one class.
     """
 
     regress_nuisance: bool = True
     smooth_radius: int = 1
     l2_normalize: bool = False
     pca_components: int | None = None
+    center_pieces: bool = False
 
 
 #: The paper's setting: raw embeddings.
 PAPER_PREPROCESS = Preprocess(regress_nuisance=False, smooth_radius=0)
+
+
+def grid_pieces(grid: npt.ArrayLike) -> IntArray:
+    """Connected pieces of the patch grid (8-neighbourhood): a piece id per patch, (n_patches,)."""
+    from scipy import ndimage
+
+    G = np.asarray(grid, dtype=np.int64)
+    g = G - G.min(axis=0)
+    occupied = np.zeros((int(g[:, 1].max()) + 1, int(g[:, 0].max()) + 1), dtype=bool)
+    occupied[g[:, 1], g[:, 0]] = True
+    labelled, _ = ndimage.label(occupied, structure=np.ones((3, 3), dtype=bool))
+    return np.asarray(labelled[g[:, 1], g[:, 0]] - 1, dtype=np.int64)
 
 
 def _grid_adjacency_mean(X: FloatArray, grid: IntArray, radius: int) -> FloatArray:
@@ -444,6 +463,14 @@ def _preprocess(
             Zx = Zc.astype(out.dtype)
             beta = np.linalg.pinv(Zc.T @ Zc) @ (Zx.T @ out).astype(np.float64)
             out = out - Zx @ beta.astype(out.dtype)
+    if config.center_pieces and grid is not None:
+        pieces = grid_pieces(grid)
+        n_pieces = int(pieces.max()) + 1
+        if n_pieces > 1:
+            sums = np.zeros((n_pieces, out.shape[1]), dtype=np.float64)
+            np.add.at(sums, pieces, out)
+            means = sums / np.bincount(pieces, minlength=n_pieces)[:, None]
+            out = (out - means[pieces].astype(out.dtype) + out.mean(axis=0)).astype(Xa.dtype)
     if config.smooth_radius > 0 and grid is not None:
         G = np.asarray(grid)
         if G.shape != (n, 2) or not np.issubdtype(G.dtype, np.integer):

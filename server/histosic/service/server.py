@@ -154,6 +154,9 @@ class HistosicServer:
                     # Connect answers RESOURCE_EXHAUSTED above max_request_bytes; waitress cuts
                     # the connection only far above it, as a last guard.
                     max_request_body_size=2 * config.max_request_bytes,
+                    # Keep large responses (the GeoJSON of 100k tiles is ~40 MB) in memory:
+                    # waitress spools anything above 1 MB to a temporary file by default.
+                    outbuf_overflow=64 << 20,
                     expose_tracebacks=False,
                     ident="histosic",
                     clear_untrusted_proxy_headers=True,

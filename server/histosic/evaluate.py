@@ -47,6 +47,7 @@ __all__ = [
     "all_positive_f1",
     "binary_scores",
     "cache_path",
+    "default_cache_dir",
     "evaluate_cases",
     "load_truth",
     "macro_f1",
@@ -60,6 +61,16 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    """Where evaluation embeddings are cached: ``$HISTOSIC_CACHE``, else the user's cache folder
+    (``$XDG_CACHE_HOME`` or ``~/.cache``) under ``histosic/eval``."""
+    if os.environ.get("HISTOSIC_CACHE"):
+        return Path(os.environ["HISTOSIC_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "histosic" / "eval"
+
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -946,7 +957,7 @@ class EvalConfig:
     overlap: float = 0.5
     tissue_threshold: float = 0.5
     random_state: int = 0
-    cache_dir: Path = field(default_factory=lambda: Path("/tmp/histosic-eval-cache"))
+    cache_dir: Path = field(default_factory=lambda: default_cache_dir())
     overlay_variant: int = -1  # index into variants of the run drawn in the overlays
     overlay_k: int = 3
     batch_size: int = 32

@@ -66,7 +66,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--patch-size", type=int, default=256, help="patch side in px (default 256)")
     p.add_argument("--overlap", type=float, default=0.5, help="patch overlap (default 0.5)")
     p.add_argument("--tissue-threshold", type=float, default=0.5, help="default 0.5")
-    p.add_argument("--cache-dir", type=Path, default=Path("/tmp/histosic-eval-cache"))
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="embedding cache (default: $HISTOSIC_CACHE or ~/.cache/histosic/eval)",
+    )
     p.add_argument("--random-state", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=run)
@@ -74,7 +79,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from histosic.errors import InvalidInputError
-    from histosic.evaluate import Case, EvalConfig, evaluate_cases, parse_variant
+    from histosic.evaluate import (
+        Case,
+        EvalConfig,
+        default_cache_dir,
+        evaluate_cases,
+        parse_variant,
+    )
     from histosic.mosaic import LABEL_NAMES
 
     try:
@@ -108,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         tissue_threshold=args.tissue_threshold,
         random_state=args.random_state,
-        cache_dir=args.cache_dir,
+        cache_dir=args.cache_dir or default_cache_dir(),
         device=args.device,
     )
     evaluate_cases(cases, cfg, args.out_dir, label_names=LABEL_NAMES if args.labels else None)

@@ -113,10 +113,15 @@ def _csv_field(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from histosic.errors import InvalidInputError, OutputExistsError, PreconditionError
+    from histosic.errors import InvalidInputError, OutputExistsError
     from histosic.qupath import read_seeds
+    from histosic.store import read_meta
 
     start = time.perf_counter()
+    # Inputs first, so a typo in an input path is reported before an existing output is.
+    seed_file = read_seeds(args.seeds)
+    if not args.server:
+        read_meta(args.embeddings)  # exists and is an embedding file (metadata only: fast)
     outputs = [p for p in (args.out, args.overlay, args.labels_csv) if p is not None]
     if not args.overwrite:
         for p in outputs:
@@ -127,23 +132,11 @@ def run(args: argparse.Namespace) -> int:
     if args.suggest < 0:
         raise InvalidInputError(f"--suggest must be 0 or more, got {args.suggest}")
 
-    seed_file = read_seeds(args.seeds)
     print(seed_file.summary())
 
     if args.server:
-        try:
-            from histosic.service import client  # type: ignore[attr-defined,unused-ignore]
-        except ImportError as err:
-            raise PreconditionError(
-                f"--server {args.server}: the histosic service client is not available in this "
-                f"installation ({err}); run without --server to cluster locally"
-            ) from err
-        cluster_via_server = getattr(client, "cluster_via_server", None)
-        if cluster_via_server is None:
-            raise PreconditionError(
-                "--server: histosic.service.client has no cluster_via_server(); run without "
-                "--server to cluster locally"
-            )
+        from histosic.service.client import cluster_via_server
+
         return int(cluster_via_server(args.server, args=args, seed_file=seed_file))
 
     from histosic import pipeline, qupath

@@ -3,7 +3,7 @@
 Times are the best of ``--repeat`` runs, taken in turns.
 
 1. ``Cluster`` on a cached 100k x 512 embedding: in process (``histosic.pipeline.cluster_slide``
-   and, for the GeoJSON variant, ``histosic.qupath.to_geojson``) vs over gRPC vs over Connect
+   and, for the GeoJSON variant, ``histosic.qupath.to_geojson_bytes``) vs over gRPC vs over Connect
    (JSON over HTTP/1.1). Target: server time <= 1.2 x in-process + 10 ms.
 2. ``GetEmbedding`` of a 200 MB float32 matrix over loopback gRPC with the project's client
    (:func:`histosic.service.client.download_embedding`), and over Connect JSON (base64) for
@@ -32,7 +32,7 @@ from histosic.api.v1 import (
     common_pb2,
 )
 from histosic.pipeline import cluster_slide
-from histosic.qupath import to_geojson
+from histosic.qupath import to_geojson_bytes
 from histosic.seeds import SeedPoint
 from histosic.service import ServerConfig, create_server
 from histosic.service.client import download_embedding, open_channel
@@ -121,7 +121,7 @@ def main() -> int:
             def in_process(geojson: str = geojson) -> None:
                 sc = cluster_slide(emb, pts, method=args.method)
                 if geojson != "none":
-                    json.dumps(to_geojson(emb, sc, output=geojson), separators=(",", ":"))
+                    to_geojson_bytes(emb, sc, output=geojson).decode("utf-8")
 
             req = clustering_pb2.ClusterRequest(
                 embedding=ref,

@@ -9,7 +9,6 @@ classes; the protocol adapters map them to status codes with
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Iterator
@@ -452,10 +451,9 @@ class HistosicApi:
                     confidence=float(conf[i]),
                 )
         if geojson_kind != "none":
-            from histosic.qupath import to_geojson
+            from histosic.qupath import to_geojson_bytes
 
-            collection = to_geojson(emb, sc, output=geojson_kind)
-            resp.geojson = json.dumps(collection, separators=(",", ":"))
+            resp.geojson = to_geojson_bytes(emb, sc, output=geojson_kind).decode("utf-8")
         return resp
 
     def colors(self, request: clustering_pb2.ColorsRequest) -> clustering_pb2.ColorsResponse:

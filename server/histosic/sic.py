@@ -185,8 +185,9 @@ def _lloyd2(
     With two centres, the assignment is the sign of the margin ``x.w - b`` with ``w = c1 - c0`` and
     ``b = (|c1|^2 - |c0|^2) / 2``. When the centres move, a margin changes by at most
     ``|x| |dw| + |db|``, so a point whose known margin exceeds that bound cannot change cluster and
-    is not looked at again. Only the first iteration streams all of ``X``; later ones touch the few
-    points near the boundary, and the centre sums are updated from the points that moved.
+    is not looked at again. The first iteration streams all of ``X``; later ones touch only the
+    points near the boundary (or stream ``X`` again when most points are), and the centre sums are
+    updated from the points that moved.
     """
     n = X.shape[0]
     if norms is None:

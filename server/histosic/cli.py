@@ -23,6 +23,7 @@ __all__ = ["main"]
 _COMMANDS = (
     "demo",
     "embed",
+    "pretrain",
     "models",
     "cluster",
     "colors",

@@ -89,13 +89,24 @@ class MosaicResult:
     tiles: tuple[PlacedTile, ...]
 
 
-def read_tile_index(data_dir: str | os.PathLike[str]) -> list[TileSource]:
+def read_tile_index(
+    data_dir: str | os.PathLike[str], *, splits: Sequence[str] | None = None
+) -> list[TileSource]:
     """Read ``index.csv`` of a WSSS4LUAD folder (as in ``shared/data/wsss4luad``).
+
+    Parameters
+    ----------
+    data_dir : path
+    splits : sequence of str, optional
+        Keep only tiles of these splits (``validation``, ``testing``), e.g. to build mosaics
+        from tiles that a self-supervised backbone was not trained on.
 
     Raises
     ------
     SlideNotFoundError
         When the folder or its ``index.csv`` is missing.
+    InvalidInputError
+        When a split names none of the index's splits.
     """
     root = Path(data_dir)
     index = root / "index.csv"
@@ -104,6 +115,7 @@ def read_tile_index(data_dir: str | os.PathLike[str]) -> list[TileSource]:
             f"no index.csv in {root}; pass the wsss4luad folder (e.g. ../shared/data/wsss4luad)"
         )
     out: list[TileSource] = []
+    found: set[str] = set()
     with index.open(newline="") as fh:
         for row in csv.DictReader(fh):
             split, name = row["split"], row["file"]
@@ -120,6 +132,15 @@ def read_tile_index(data_dir: str | os.PathLike[str]) -> list[TileSource]:
                     frac_background=float(row["frac_background"]),
                 )
             )
+            found.add(split)
+    if splits is not None:
+        unknown = sorted(set(splits) - found)
+        if unknown:
+            raise InvalidInputError(
+                f"unknown split {', '.join(unknown)} in {index}; it has {', '.join(sorted(found))}"
+            )
+        keep = {str(root / sp / "img") for sp in splits}
+        out = [t for t in out if str(t.image.parent) in keep]
     return out
 
 

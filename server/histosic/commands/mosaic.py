@@ -44,6 +44,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed of the first mosaic")
     p.add_argument("--mpp", type=float, default=1.0, help="level-0 um/px to record (default 1.0)")
     p.add_argument("--row-width", type=int, default=1600, help="mosaic width in px (default 1600)")
+    p.add_argument(
+        "--split",
+        action="append",
+        choices=("validation", "testing"),
+        default=None,
+        help="draw tiles only from this WSSS4LUAD split (repeatable; default: all)",
+    )
     p.add_argument("--prefix", default="mosaic", help="file name prefix (default 'mosaic')")
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
     p.set_defaults(func=run)
@@ -52,7 +59,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     from histosic.mosaic import build_mosaic, read_tile_index, select_tiles
 
-    sources = read_tile_index(args.data or _default_data())
+    sources = read_tile_index(args.data or _default_data(), splits=args.split)
     for i in range(args.count):
         tiles = select_tiles(
             sources, args.tiles, random_state=args.seed + i, normal_tiles=args.normal_tiles

@@ -46,6 +46,7 @@ __all__ = [
     "IMAGENET_STD",
     "LoadedModel",
     "ModelInfo",
+    "checkpoint_input",
     "clean_state_dict",
     "get_model_info",
     "list_models",
@@ -58,6 +59,7 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+Triple = tuple[float, float, float]
 HISTOSSL_URL = (
     "https://github.com/ozanciga/self-supervised-histopathology/releases/download/"
     "nativetenpercent/pytorchnative_tenpercent_resnet18.ckpt"
@@ -304,17 +306,44 @@ def _timm_info(arg: str) -> ModelInfo:
     )
 
 
+def checkpoint_input(obj: Any, source: str) -> tuple[int, Triple, Triple, str]:
+    """Input size, mean, std and a note from a checkpoint's ``histosic`` entry, if it has one.
+
+    ``histosic pretrain`` records the size and normalisation the network was trained with; a
+    plain state dict gets the ImageNet convention (224 px, ImageNet mean and std).
+    """
+    meta = obj.get("histosic") if isinstance(obj, Mapping) else None
+    if not isinstance(meta, Mapping):
+        return 224, IMAGENET_MEAN, IMAGENET_STD, ""
+    try:
+        size = int(meta["input_size"])
+        m0, m1, m2 = (float(v) for v in meta["mean"])
+        s0, s1, s2 = (float(v) for v in meta["std"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CorruptFileError(
+            f"{source}: its 'histosic' entry lacks a valid input_size, mean or std ({err})"
+        ) from err
+    if not 16 <= size <= 4096 or min(s0, s1, s2) <= 0:
+        raise CorruptFileError(f"{source}: implausible input size {size} or std in 'histosic'")
+    note = (
+        f", SimCLR-pretrained by histosic ({meta.get('steps', '?')} steps on "
+        f"{meta.get('n_regions', '?')} regions at {meta.get('target_mpp', '?')} um/px)"
+    )
+    return size, (m0, m1, m2), (s0, s1, s2), note
+
+
 def _checkpoint_info(arg: str) -> ModelInfo:
-    state = _load_state_file(Path(arg).expanduser())
-    arch, _ = _resnet_arch(clean_state_dict(state), arg)
+    obj = _load_state_file(Path(arg).expanduser())
+    arch, _ = _resnet_arch(clean_state_dict(obj), arg)
     dim = 512 if arch in ("resnet18", "resnet34") else 2048
+    size, mean, std, note = checkpoint_input(obj, arg)
     return ModelInfo(
         f"checkpoint:{arg}",
         dim,
-        224,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        f"{arch} with the user's own weights from {arg}",
+        size,
+        mean,
+        std,
+        f"{arch} with the user's own weights from {arg}{note}",
     )
 
 

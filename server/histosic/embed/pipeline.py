@@ -526,6 +526,21 @@ def _n_patches(path: Path) -> int:
         return int(f["coords"].shape[0])
 
 
+def _read_size(patch_size: int, input_size: int, device: torch.device) -> int:
+    """Side of the patches the readers return.
+
+    On the CPU, patches are resized straight to the network's input size in the reader processes
+    (one resample from the pyramid level, off the process that runs the model). With a GPU the
+    readers are the limit and the GPU has time to spare: a PIL resize costs the reader about a
+    third of its time (``benchmarks/bench_loader.py``), so patches come at the tiling size and
+    :class:`_Preprocess` resizes them on the device, unless that would more than double the
+    bytes to move.
+    """
+    if device.type == "cuda" and patch_size <= 2 * input_size:
+        return patch_size
+    return input_size
+
+
 def _run(
     slide: Slide,
     grid: PatchGrid,
@@ -551,13 +566,11 @@ def _run(
         torch.backends.cudnn.benchmark = True
     prep = _Preprocess(loaded, device)
     dataset = _PatchBatches(
-        # Patches are resized straight to the network's input size in the workers (one resample
-        # from the pyramid level, off the main process), e.g. 256 px at 0.5 um/px -> 224 px.
         slide.path,
         slide.mpp,
         grid.coords,
         grid.patch_size_level0,
-        loaded.info.input_size,
+        _read_size(tiling.patch_size, loaded.info.input_size, device),
         batch_size,
         writer.n_done,
         slide=slide if n_workers == 0 else None,

@@ -12,6 +12,8 @@ Names:
 - ``timm:<name>``: a timm model with its pretrained weights (Hugging Face hub cache).
 - ``checkpoint:<path>``: a user's own ResNet state dict (e.g. SimCLR trained on their slides).
 - ``handcrafted``: colour and texture statistics, no network and no weights.
+- ``he-features``: stain-robust H&E nuclear and texture statistics at 128 px (about 1 um/px from
+  256 px patches at 0.5 um/px), no network and no weights (:mod:`histosic.embed.hefeatures`).
 
 Weights load with ``torch.load(weights_only=True)``. A model whose weights cannot be had (offline,
 missing file) raises :class:`~histosic.errors.ModelUnavailableError` at once, naming the options.
@@ -202,6 +204,14 @@ _BUILTIN: dict[str, ModelInfo] = {
         (1.0, 1.0, 1.0),
         "colour (RGB, HSV, H&E stain) and texture (gradient, Laplacian, contrast) statistics",
     ),
+    "he-features": ModelInfo(
+        "he-features",
+        0,
+        128,
+        (0.0, 0.0, 0.0),
+        (1.0, 1.0, 1.0),
+        "stain-robust H&E nuclear and texture statistics (no network, no download)",
+    ),
 }
 
 
@@ -209,6 +219,12 @@ def _handcrafted_dim() -> int:
     from histosic.embed.handcrafted import HandcraftedFeatures
 
     return HandcraftedFeatures.DIM
+
+
+def _he_features_dim() -> int:
+    from histosic.embed.hefeatures import HEFeatures
+
+    return HEFeatures.DIM
 
 
 def _histossl_path(arg: str) -> Path | None:
@@ -224,7 +240,7 @@ def _histossl_path(arg: str) -> Path | None:
 
 def _availability(name: str) -> tuple[bool, str]:
     kind, arg = _split(name)
-    if kind in ("resnet18-random", "resnet50-random", "handcrafted"):
+    if kind in ("resnet18-random", "resnet50-random", "handcrafted", "he-features"):
         return True, "no weights needed"
     if kind in _TORCHVISION_WEIGHTS:
         url = _torchvision_weights(kind).url
@@ -366,6 +382,8 @@ def get_model_info(name: str, *, check: bool = True) -> ModelInfo:
         info = _BUILTIN[kind]
         if kind == "handcrafted":
             info = replace(info, dim=_handcrafted_dim())
+        elif kind == "he-features":
+            info = replace(info, dim=_he_features_dim())
         if arg:
             info = replace(info, name=name)
     elif kind == "timm":
@@ -440,6 +458,10 @@ def weights_id(name: str) -> str:
         from histosic.embed.handcrafted import HandcraftedFeatures
 
         return f"handcrafted:v{HandcraftedFeatures.VERSION}"
+    if kind == "he-features":
+        from histosic.embed.hefeatures import HEFeatures
+
+        return f"he-features:v{HEFeatures.VERSION}"
     if kind in _TORCHVISION_WEIGHTS:
         return "torchvision:" + Path(_torchvision_weights(kind).url).name
     if kind == "histossl":
@@ -627,6 +649,10 @@ def _build(name: str, info: ModelInfo) -> nn.Module:
         from histosic.embed.handcrafted import HandcraftedFeatures
 
         return HandcraftedFeatures()
+    if kind == "he-features":
+        from histosic.embed.hefeatures import HEFeatures
+
+        return HEFeatures()
     if kind in _TORCHVISION_WEIGHTS:
         weights = _torchvision_weights(kind)
         cached = _hub_checkpoint(Path(weights.url).name)

@@ -33,8 +33,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--model",
         "-m",
         default="resnet18-random",
-        help="backbone: resnet18, resnet50, histossl, handcrafted, resnet18-random, timm:<name>, "
-        "checkpoint:<path> (default: resnet18-random, which needs no download)",
+        help="backbone: resnet18, resnet50, histossl, handcrafted, he-features, resnet18-random, "
+        "timm:<name>, checkpoint:<path> (default: resnet18-random, which needs no download)",
     )
     p.add_argument(
         "--mpp",

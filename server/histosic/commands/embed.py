@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from histosic.commands._args import add_device, add_slides
+
 __all__ = ["register", "run"]
 
 
@@ -21,7 +23,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "settings are skipped unless --overwrite. See `histosic models` for model names."
         ),
     )
-    p.add_argument("slides", nargs="+", type=Path, metavar="SLIDE", help="slide or image files")
+    add_slides(p)
     p.add_argument(
         "--out",
         "-o",
@@ -47,12 +49,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--overlap", type=float, default=0.5, help="overlap of neighbouring patches (default 0.5)"
     )
     p.add_argument(
-        "--slide-mpp",
-        type=float,
-        default=None,
-        help="level-0 microns per pixel of the slides; overrides metadata, needed for JPEG/PNG",
-    )
-    p.add_argument(
         "--tissue-threshold",
         type=float,
         default=0.5,
@@ -71,7 +67,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=None,
         help="patch-reading worker processes (default: 1 on CPU, most cores with a GPU; 0 = none)",
     )
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    add_device(p)
     p.add_argument(
         "--dtype",
         choices=("float32", "float16"),

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from histosic.commands._args import add_device, add_slides
+
 __all__ = ["register", "run"]
 
 
@@ -21,7 +23,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "its input size and normalisation. Training needs no labels and no internet."
         ),
     )
-    p.add_argument("slides", nargs="+", type=Path, metavar="SLIDE", help="slide or image files")
+    add_slides(p)
     p.add_argument("--out", "-o", type=Path, required=True, help="checkpoint file to write (.pt)")
     p.add_argument(
         "--arch",
@@ -35,12 +37,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=1.0,
         help="microns per pixel of the training regions (default 1.0; a 128 px input then sees "
         "128 um, like a 256 px patch at 0.5 um/px)",
-    )
-    p.add_argument(
-        "--slide-mpp",
-        type=float,
-        default=None,
-        help="level-0 microns per pixel of the slides; overrides metadata, needed for JPEG/PNG",
     )
     p.add_argument(
         "--region-size", type=int, default=192, help="tissue region side in pixels (default 192)"
@@ -84,7 +80,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=20000,
         help="at most this many regions in memory (default 20000)",
     )
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    add_device(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
     p.set_defaults(func=run)

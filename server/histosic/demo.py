@@ -35,10 +35,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The backbone of the demo: no weights to download, and on DigestPath image 0 the default
-#: clustering on it is as good as on random ResNet-18 features at a fraction of the time
-#: (docs/EVALUATION.md).
-DEFAULT_DEMO_MODEL = "handcrafted"
+#: The backbone of the demo: the product's default (no weights to download; on DigestPath image 0
+#: the default clustering on it scores best of the offline backbones, docs/EVALUATION.md).
+DEFAULT_DEMO_MODEL = "he-features"
 POSITIVE_NAME = "Tumor"
 NEGATIVE_NAME = "Stroma"
 
@@ -273,7 +272,7 @@ def run_demo(
     generated : bool, default False
         Use a generated slide even when DigestPath is available.
     model : str, default DEFAULT_DEMO_MODEL
-        Embedding backbone (offline ones: handcrafted, resnet18-random).
+        Embedding backbone (offline ones: he-features, handcrafted, resnet18-random).
     method : str, optional
         Clustering method (default: :data:`histosic.sic.DEFAULT_METHOD`).
     generated_size : (int, int)

@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--data", type=Path, default=None, help="folder holding digestpath/0.jpg")
     p.add_argument("--generated", action="store_true", help="use a generated slide")
-    p.add_argument("--model", default=None, help="backbone (default: handcrafted)")
+    p.add_argument("--model", default=None, help="backbone (default: he-features)")
     p.add_argument("--method", default=None, help="clustering method (default: the product's)")
     p.set_defaults(func=run)
 

@@ -34,9 +34,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--model",
         "-m",
-        default="resnet18-random",
-        help="backbone: resnet18, resnet50, histossl, handcrafted, he-features, resnet18-random, "
-        "timm:<name>, checkpoint:<path> (default: resnet18-random, which needs no download)",
+        default="he-features",  # histosic.embed.DEFAULT_MODEL (not imported: torch)
+        help="backbone: resnet18, resnet50, histossl, efficientnet-lite0, he-features, "
+        "handcrafted, resnet18-random, timm:<name>, checkpoint:<path> (default: he-features, "
+        "which needs no download and scored best in docs/EVALUATION.md)",
     )
     p.add_argument(
         "--mpp",

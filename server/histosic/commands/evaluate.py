@@ -58,7 +58,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "(default: 50%% of the labelled tissue in it)",
     )
     p.add_argument("--positive", default=None, help="GeoJSON class name of the positive region")
-    p.add_argument("--models", default="handcrafted", help="comma-separated model names")
+    p.add_argument(
+        "--models", default="he-features", help="comma-separated model names (default he-features)"
+    )
     p.add_argument("--variants", default=_DEFAULT_VARIANTS, help="comma-separated variant specs")
     p.add_argument("--seeds", default="1,3,5", help="seed patches per class (default 1,3,5)")
     p.add_argument("--repeats", type=int, default=5, help="seed draws per setting (default 5)")

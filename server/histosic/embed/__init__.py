@@ -7,6 +7,7 @@ backbones (see :mod:`histosic.embed.models`).
 from __future__ import annotations
 
 from histosic.embed.models import (
+    DEFAULT_MODEL,
     LoadedModel,
     ModelInfo,
     get_model_info,
@@ -24,6 +25,7 @@ from histosic.embed.pipeline import (
 )
 
 __all__ = [
+    "DEFAULT_MODEL",
     "LoadedModel",
     "ModelInfo",
     "default_workers",

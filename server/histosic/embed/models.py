@@ -42,6 +42,7 @@ from histosic.errors import (
 from histosic.store import file_fingerprint
 
 __all__ = [
+    "DEFAULT_MODEL",
     "HISTOSSL_ENV",
     "HISTOSSL_URL",
     "IMAGENET_MEAN",
@@ -59,6 +60,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: The backbone used when none is named: needs no download and gave the best clustering of every
+#: backbone that runs offline, on DigestPath and on the WSSS4LUAD mosaics (docs/EVALUATION.md).
+DEFAULT_MODEL = "he-features"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 Triple = tuple[float, float, float]

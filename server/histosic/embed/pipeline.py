@@ -29,7 +29,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from histosic.embed.models import LoadedModel, get_model_info, load_model, weights_id
+from histosic.embed.models import (
+    DEFAULT_MODEL,
+    LoadedModel,
+    get_model_info,
+    load_model,
+    weights_id,
+)
 from histosic.errors import (
     CancelledError,
     HistosicError,
@@ -334,7 +340,7 @@ def embed_slide(
     slide: str | os.PathLike[str] | Slide,
     out: str | os.PathLike[str],
     *,
-    model: str = "resnet18-random",
+    model: str = DEFAULT_MODEL,
     tiling: TilingConfig = TilingConfig(),  # noqa: B008 - frozen dataclass
     slide_mpp: float | None = None,
     batch_size: int = 64,
@@ -355,7 +361,7 @@ def embed_slide(
     out : path-like
         An ``.h5``/``.hdf5`` file name, or a directory that receives
         :func:`embedding_filename`.
-    model : str, default 'resnet18-random'
+    model : str, default DEFAULT_MODEL ('he-features')
         A registry name (:func:`histosic.embed.list_models`).
     tiling : TilingConfig
     slide_mpp : float, optional

@@ -125,9 +125,7 @@ class HistosicApi:
         from histosic.embed import get_model_info
 
         if not name:
-            raise InvalidInputError(
-                "no model given: name one from ListModels (e.g. resnet18-random)"
-            )
+            raise InvalidInputError("no model given: name one from ListModels (e.g. he-features)")
         kind, sep, _arg = name.partition(":")
         if sep and kind != "timm":
             # checkpoint:<path> and histossl:<path> would read any file the server can see.

@@ -227,3 +227,18 @@ def test_pretrain_on_cuda(small_slide: SyntheticSlide, tmp_path: Path) -> None:
     res = pretrain_simclr([small_slide.path], tmp_path / "gpu.pt", TINY, device="cuda")
     assert res.steps == 3 and all(math.isfinite(v) for v in res.losses)
     assert get_model_info(f"checkpoint:{tmp_path / 'gpu.pt'}").input_size == 32
+
+
+def test_max_regions_reads_a_random_subset_of_the_same_regions(
+    slide_factory: Callable[..., SyntheticSlide],
+) -> None:
+    a = slide_factory("two-a.tiff", 768, 768, [(40, 40, 680, 680)], seed=3)
+    b = slide_factory("two-b.tiff", 768, 768, [(40, 40, 400, 680)], seed=4)
+    full = collect_regions([a.path, b.path], TINY)
+    cfg = PretrainConfig(**{**TINY.__dict__, "max_regions": 5})
+    few = collect_regions([a.path, b.path], cfg)
+    assert few.shape == (5, *full.shape[1:])
+    assert np.array_equal(few, collect_regions([a.path, b.path], cfg))  # same seed, same pick
+    flat = full.reshape(full.shape[0], -1)
+    for region in few.reshape(5, -1):
+        assert (flat == region).all(axis=1).any()  # each is one of the regions, read as is

@@ -197,33 +197,49 @@ def collect_regions(
         overlap=config.overlap,
         tissue_threshold=0.5,
     )
-    parts: list[npt.NDArray[np.uint8]] = []
+    # First the tissue grids (thumbnails only), then a uniform random subset of all regions when
+    # there are more than max_regions, so only the regions kept are ever read: a cohort of whole
+    # slides can have millions.
+    grids = []
     for path in slides:
         with open_slide(path, mpp=slide_mpp) as slide:
             grid, _ = slide_grid(slide, tiling)
-            if len(grid) == 0:
-                log.warning("%s: no tissue regions found; skipped", path)
-                continue
-            regions = read_patches(slide, grid.coords, grid.patch_size_level0, config.region_size)
-        parts.append(np.ascontiguousarray(regions.transpose(0, 3, 1, 2)))
-        if progress is not None:
-            progress(f"{Path(path).name}: {len(grid)} regions")
-    if not parts:
+        if len(grid) == 0:
+            log.warning("%s: no tissue regions found; skipped", path)
+        grids.append(grid)
+    counts = np.array([len(g) for g in grids], dtype=np.int64)
+    total = int(counts.sum())
+    if total == 0:
         raise NoTissueError(
             f"none of the {len(slides)} slides has tissue regions of {config.region_size} px at "
             f"{config.target_mpp} um/px; check --slide-mpp and the slides"
         )
-    out = np.concatenate(parts)
-    if out.shape[0] < 2:
+    if total < 2:
         raise NoTissueError(
-            f"only {out.shape[0]} tissue region found; pretraining needs at least 2 (use a smaller "
+            f"only {total} tissue region found; pretraining needs at least 2 (use a smaller "
             "--region-size or more slides)"
         )
-    if out.shape[0] > config.max_regions:
-        keep = np.random.default_rng(config.seed).choice(
-            out.shape[0], config.max_regions, replace=False
+    if total > config.max_regions:
+        keep = np.sort(
+            np.random.default_rng(config.seed).choice(total, config.max_regions, replace=False)
         )
-        out = out[np.sort(keep)]
+    else:
+        keep = np.arange(total)
+    owner = np.searchsorted(np.cumsum(counts), keep, side="right")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    size = config.region_size
+    out = np.empty((keep.size, 3, size, size), dtype=np.uint8)
+    filled = 0
+    for i, (path, grid) in enumerate(zip(slides, grids, strict=True)):
+        local = keep[owner == i] - starts[i]
+        if local.size == 0:
+            continue
+        with open_slide(path, mpp=slide_mpp) as slide:
+            regions = read_patches(slide, grid.coords[local], grid.patch_size_level0, size)
+        out[filled : filled + local.size] = regions.transpose(0, 3, 1, 2)
+        filled += local.size
+        if progress is not None:
+            progress(f"{Path(path).name}: {local.size} of {len(grid)} regions")
     return out
 
 

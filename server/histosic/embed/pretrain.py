@@ -439,6 +439,13 @@ def pretrain_simclr(
     if regions.ndim != 4 or regions.shape[1] != 3 or regions.shape[2] != regions.shape[3]:
         raise InvalidInputError(f"regions must be (n, 3, s, s) uint8, got {regions.shape}")
     n = int(regions.shape[0])
+    if dev.type == "cpu" and config.time_limit is None and config.steps > 50:
+        log.warning(
+            "pretraining on the CPU: expect about 15 views/s per 2 cores, i.e. hours for %d steps "
+            "of %d pairs; use a GPU (--device cuda), or --time-limit / fewer --steps",
+            config.steps,
+            config.batch_size,
+        )
     log.info("pretraining %s on %d regions from %d slides on %s", config.arch, n, len(slides), dev)
 
     torch.manual_seed(config.seed)

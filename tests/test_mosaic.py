@@ -190,3 +190,21 @@ def test_select_tiles_with_normal_tissue(fake_wsss: Path) -> None:
     assert with_normal <= set(pick)
     with pytest.raises(InvalidInputError, match="normal tissue"):
         select_tiles(sources, 3, normal_tiles=3)
+
+
+def test_split_filter_keeps_only_that_split(tmp_path: Path) -> None:
+    data = _wsss_dir()
+    if not (data / "index.csv").is_file():
+        pytest.skip(f"WSSS4LUAD data absent at {data} (set HISTOSIC_DATA)")
+    everything = read_tile_index(data)
+    val = read_tile_index(data, splits=["validation"])
+    test = read_tile_index(data, splits=["testing"])
+    assert len(val) + len(test) == len(everything) and val and test
+    assert all(s.image.parent.parent.name == "validation" for s in val)
+    with pytest.raises(InvalidInputError, match="unknown split training"):
+        read_tile_index(data, splits=["training"])
+    # The command draws every tile of a held-out mosaic from that split.
+    rc = main(["mosaic", str(tmp_path), "--data", str(data), "--tiles", "4", "--split", "testing"])
+    assert rc == 0
+    layout = json.loads((tmp_path / "mosaic-00.json").read_text())
+    assert all("/testing/img/" in t["source"] for t in layout["tiles"])

@@ -407,3 +407,14 @@ def test_unreadable_output_is_replaced(small_slide: SyntheticSlide, tmp_path: Pa
     target.write_bytes(b"half a file")
     path = embed_slide(small_slide.path, tmp_path, model="handcrafted", workers=0)
     assert path == target and read_embeddings(path).n_patches > 0
+
+
+def test_readers_leave_the_resize_to_the_gpu() -> None:
+    # On CUDA the reader processes (the limit there) skip the PIL resize and the GPU does it,
+    # unless reading at the tiling size would more than double the bytes to move.
+    from histosic.embed.pipeline import _read_size
+
+    assert _read_size(256, 224, torch.device("cpu")) == 224
+    assert _read_size(256, 224, torch.device("cuda")) == 256
+    assert _read_size(256, 128, torch.device("cuda")) == 256
+    assert _read_size(512, 224, torch.device("cuda")) == 224

@@ -190,8 +190,10 @@ def test_no_tissue_and_bad_output(
     with pytest.raises(OutputExistsError):
         pretrain_simclr([], existing, TINY, device="cpu", regions=regions)
     assert existing.read_bytes() == b"keep"
-    with pytest.raises(InvalidInputError, match="regions must be"):
-        pretrain_simclr([], tmp_path / "r.pt", TINY, device="cpu", regions=regions[:, :1])
+    for bad in (regions[:, :1], regions.astype(np.float32), regions[:1]):
+        with pytest.raises(InvalidInputError, match="regions must be"):
+            pretrain_simclr([], tmp_path / "r.pt", TINY, device="cpu", regions=bad)
+    assert not (tmp_path / "r.pt").exists()
 
 
 def test_mixed_resolution_images_give_regions_at_one_resolution(tmp_path: Path) -> None:

@@ -422,7 +422,8 @@ def pretrain_simclr(
 
     Raises
     ------
-    InvalidInputError, NoTissueError, OutputExistsError, SlideOpenError
+    InvalidInputError, NoTissueError, OutputExistsError, SlideNotFoundError, CorruptFileError,
+    UnknownResolutionError
     """
     from histosic.embed.pipeline import resolve_device
 
@@ -436,8 +437,16 @@ def pretrain_simclr(
     t_start = time.perf_counter()
     if regions is None:
         regions = collect_regions(slides, config, slide_mpp=slide_mpp)
-    if regions.ndim != 4 or regions.shape[1] != 3 or regions.shape[2] != regions.shape[3]:
-        raise InvalidInputError(f"regions must be (n, 3, s, s) uint8, got {regions.shape}")
+    if (
+        regions.dtype != np.uint8
+        or regions.ndim != 4
+        or regions.shape[1] != 3
+        or regions.shape[2] != regions.shape[3]
+        or regions.shape[0] < 2
+    ):
+        raise InvalidInputError(
+            f"regions must be (n >= 2, 3, s, s) uint8, got {regions.shape} {regions.dtype}"
+        )
     n = int(regions.shape[0])
     if dev.type == "cpu" and config.time_limit is None and config.steps > 50:
         log.warning(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -190,7 +191,8 @@ def test_no_tissue_and_bad_output(
     with pytest.raises(OutputExistsError):
         pretrain_simclr([], existing, TINY, device="cpu", regions=regions)
     assert existing.read_bytes() == b"keep"
-    for bad in (regions[:, :1], regions.astype(np.float32), regions[:1]):
+    bads: list[Any] = [regions[:, :1], regions.astype(np.float32), regions[:1]]
+    for bad in bads:
         with pytest.raises(InvalidInputError, match="regions must be"):
             pretrain_simclr([], tmp_path / "r.pt", TINY, device="cpu", regions=bad)
     assert not (tmp_path / "r.pt").exists()

@@ -24,6 +24,7 @@ from histosic.evaluate import (
     patch_fractions,
     run_protocol,
     sample_seeds,
+    seed_candidates,
     summarize,
 )
 
@@ -304,3 +305,52 @@ def test_eval_modules_import_no_heavy_libraries() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_seed_draws_pick_pure_or_boundary_patches() -> None:
+    # Shares from 0 to 1 in steps of 0.01; threshold 0.5.
+    share = np.linspace(0.0, 1.0, 101)
+    truth = Truth(
+        fractions=np.stack([1 - share, share], 1),
+        labels=(share >= 0.5).astype(np.int64),
+        share=share,
+        threshold=0.5,
+    )
+    random = seed_candidates(truth, "random", 3)
+    assert np.array_equal(random, truth.labels)  # the paper's draw: unchanged
+    pure = seed_candidates(truth, "pure", 3)
+    assert set(share[pure == 1].round(2)) == set(share[share >= 0.9].round(2))
+    assert set(share[pure == 0].round(2)) == set(share[share <= 0.1].round(2))
+    edge = seed_candidates(truth, "boundary", 3)
+    assert share[edge == 1].min() >= 0.5 and share[edge == 1].max() < 0.8
+    assert share[edge == 0].min() > 0.2 and share[edge == 0].max() < 0.5
+    for rep in range(5):
+        s = sample_seeds(edge, 3, np.random.default_rng(rep))
+        assert np.all((share[s == 1] >= 0.5) & (share[s == 1] < 0.8))
+        assert np.all((share[s == 0] > 0.2) & (share[s == 0] < 0.5))
+    # Too few eligible patches for k: that class falls back to all its patches.
+    few = seed_candidates(truth, "pure", 20)
+    assert np.array_equal(few, truth.labels)
+    with pytest.raises(InvalidInputError, match="seed draw must be one of"):
+        seed_candidates(truth, "edges", 1)
+
+
+def test_boundary_seeds_reach_the_protocol() -> None:
+    X, truth = _two_blobs(40, 60, sep=12.0)
+    truth = Truth(
+        fractions=truth.fractions,
+        labels=truth.labels,
+        share=np.where(truth.labels == 1, 0.6, 0.4) + np.zeros(truth.labels.shape),
+        threshold=0.5,
+    )
+    seen: list[np.ndarray] = []
+    run_protocol(
+        X,
+        truth,
+        [Variant(method="logreg", preprocess="none")],
+        ks=(2,),
+        repeats=2,
+        seed_draw="boundary",
+        keep=lambda v, k, rep, res, seeds: seen.append(seeds),
+    )
+    assert len(seen) == 2 and all(int(np.sum(s >= 0)) == 4 for s in seen)

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PREPROCESS_PRESETS",
+    "SEED_DRAWS",
     "Case",
     "RunRecord",
     "Summary",
@@ -56,6 +57,7 @@ __all__ = [
     "patch_fractions",
     "run_protocol",
     "sample_seeds",
+    "seed_candidates",
     "summarize",
     "write_markdown",
 ]
@@ -200,6 +202,9 @@ class Truth:
     labels: IntArray  # (n,) 0/1
     classes: IntArray | None = None  # (n,) 1..C, 0 = no tissue class
     class_names: tuple[str, ...] = ("negative", "positive")
+    #: The positive share each label was decided on (``labels = share >= threshold``).
+    share: FloatArray | None = None
+    threshold: float = 0.5
 
     @property
     def positive_ratio(self) -> float:
@@ -339,7 +344,12 @@ def load_truth(
         region, scale = _geojson_region(p, width, height, positive)
         pos = patch_fractions(region, xy, patch_size_level0, scale)
         fr = np.stack([1.0 - pos, pos], axis=1)
-        return Truth(fractions=fr, labels=(pos >= threshold).astype(np.int64))
+        return Truth(
+            fractions=fr,
+            labels=(pos >= threshold).astype(np.int64),
+            share=pos,
+            threshold=threshold,
+        )
     from PIL import Image
 
     try:
@@ -353,7 +363,12 @@ def load_truth(
     if not labels:
         pos = patch_fractions(arr > 127, xy, patch_size_level0, scale)
         fr = np.stack([1.0 - pos, pos], axis=1)
-        return Truth(fractions=fr, labels=(pos >= threshold).astype(np.int64))
+        return Truth(
+            fractions=fr,
+            labels=(pos >= threshold).astype(np.int64),
+            share=pos,
+            threshold=threshold,
+        )
     n_cls = int(arr.max())
     if positive_label < 1 or positive_label > n_cls:
         raise InvalidInputError(
@@ -376,6 +391,8 @@ def load_truth(
         labels=(pos_share >= threshold).astype(np.int64),
         classes=cls,
         class_names=names,
+        share=pos_share,
+        threshold=threshold,
     )
 
 
@@ -416,6 +433,37 @@ def sample_seeds(
         pick = rng.choice(pool, size=min(k, pool.size), replace=False)
         seeds[pick] = c
     return seeds
+
+
+#: Where the simulated pathologist clicks: ``random`` (the paper: anywhere inside / outside the
+#: positive region), ``pure`` (patches at least 90% one side) or ``boundary`` (mixed patches within
+#: 0.3 of the threshold on their side, as clicks near a tumour border give).
+SEED_DRAWS = ("random", "pure", "boundary")
+
+
+def seed_candidates(truth: Truth, draw: str, k: int) -> IntArray:
+    """The binary truth with patches a ``draw`` may not click set to -1 (for :func:`sample_seeds`).
+
+    A class with fewer than ``k`` eligible patches keeps all its patches (the draw falls back to
+    ``random`` for that class), so every draw has ``k`` seeds per class when the slide allows it.
+    """
+    if draw not in SEED_DRAWS:
+        raise InvalidInputError(f"seed draw must be one of {', '.join(SEED_DRAWS)}, got {draw!r}")
+    y = truth.labels
+    if draw == "random" or truth.share is None:
+        return y
+    share, t = truth.share, truth.threshold
+    if draw == "pure":
+        ok_pos, ok_neg = share >= 0.9, share <= 0.1
+    else:
+        ok_pos = (share >= t) & (share < t + 0.3)
+        ok_neg = (share < t) & (share > t - 0.3)
+    out = y.copy()
+    for cls, ok in ((1, ok_pos), (0, ok_neg)):
+        members = y == cls
+        if int(np.sum(members & ok)) >= k:
+            out[members & ~ok] = -1
+    return out
 
 
 def binary_scores(truth: npt.ArrayLike, pred: npt.ArrayLike) -> dict[str, float]:
@@ -528,6 +576,7 @@ def run_protocol(
     model: str = "model",
     random_state: int = 0,
     keep: Callable[[Variant, int, int, ClusterResult | IntArray, IntArray], None] | None = None,
+    seed_draw: str = "random",
 ) -> list[RunRecord]:
     """Run every variant on the same seed draws and score each against the truth.
 
@@ -549,6 +598,8 @@ def run_protocol(
         variant and model of a slide sees the same seeds.
     keep : callable, optional
         Called as ``keep(variant, k, rep, result_or_labels, seeds)`` after each run (overlays).
+    seed_draw : {"random", "pure", "boundary"}, default "random"
+        Where binary seeds are drawn (:func:`seed_candidates`); multi-class seeds are random.
 
     Returns
     -------
@@ -574,7 +625,7 @@ def run_protocol(
     for k in ks:
         for r in range(repeats):
             rng = np.random.default_rng((random_state, k, r))
-            bin_seeds = sample_seeds(y, k, rng)
+            bin_seeds = sample_seeds(seed_candidates(truth, seed_draw, k), k, rng)
             mc_seeds: IntArray | None = None
             if multi is not None and len(mc_classes) >= 3:
                 mc_seeds = sample_seeds(
@@ -948,7 +999,7 @@ class Case:
 class EvalConfig:
     """Settings of :func:`evaluate_cases` (tiling, protocol, outputs)."""
 
-    models: tuple[str, ...] = ("handcrafted",)
+    models: tuple[str, ...] = ("he-features",)
     variants: tuple[Variant, ...] = (Variant(preprocess="none"), Variant())
     ks: tuple[int, ...] = (1, 3, 5)
     repeats: int = 5
@@ -962,6 +1013,7 @@ class EvalConfig:
     overlay_k: int = 3
     batch_size: int = 32
     device: str = "cpu"
+    seed_draw: str = "random"
 
 
 def cache_path(case: Case, model: str, cfg: EvalConfig) -> Path:
@@ -1068,6 +1120,10 @@ def evaluate_cases(
 
     if not cases:
         raise InvalidInputError("no slides to evaluate; give at least one slide with its truth")
+    if cfg.seed_draw not in SEED_DRAWS:
+        raise InvalidInputError(
+            f"seed draw must be one of {', '.join(SEED_DRAWS)}, got {cfg.seed_draw!r}"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records: list[RunRecord] = []
@@ -1117,6 +1173,7 @@ def evaluate_cases(
                 model=model,
                 random_state=cfg.random_state,
                 keep=keep,
+                seed_draw=cfg.seed_draw,
             )
             records.extend(recs)
             slides_info.append(

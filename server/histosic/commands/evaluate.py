@@ -76,6 +76,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--random-state", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--seed-draw",
+        choices=("random", "pure", "boundary"),
+        default="random",
+        help="where the simulated clicks fall: random inside/outside the positive region (the "
+        "paper, default), pure patches (>= 90%% one side) or boundary patches (mixed, within 0.3 "
+        "of the threshold)",
+    )
     p.set_defaults(func=run)
 
 
@@ -123,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         random_state=args.random_state,
         cache_dir=args.cache_dir or default_cache_dir(),
         device=args.device,
+        seed_draw=args.seed_draw,
     )
     evaluate_cases(cases, cfg, args.out_dir, label_names=LABEL_NAMES if args.labels else None)
     print((args.out_dir / "results.md").read_text().split("\n\n")[0])

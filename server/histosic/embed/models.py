@@ -442,7 +442,8 @@ def list_models() -> list[ModelInfo]:
             224,
             IMAGENET_MEAN,
             IMAGENET_STD,
-            "your own ResNet state dict (torch.save(model.state_dict())), loaded weights_only",
+            "your own ResNet state dict (torch.save(model.state_dict()), or a `histosic "
+            "pretrain` checkpoint, which records its own input size), loaded weights_only",
             True,
             "give the path of a local file",
         )

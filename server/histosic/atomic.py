@@ -33,7 +33,9 @@ def check_output(path: str | os.PathLike[str], *, overwrite: bool = False) -> Pa
     if p.is_dir():
         raise OutputExistsError(f"output {p} is a directory; give a file name")
     if p.exists() and not overwrite:
-        raise OutputExistsError(f"output {p} exists; pass --overwrite (overwrite=True) to replace it")
+        raise OutputExistsError(
+            f"output {p} exists; pass --overwrite (overwrite=True) to replace it"
+        )
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise InvalidInputError(f"output folder {parent} does not exist; create it first")

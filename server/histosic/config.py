@@ -71,6 +71,9 @@ def _default_cache(environ: Mapping[str, str]) -> Path:
     return Path(base) / "histosic" / "eval"
 
 
+_DEFAULT_CACHE = _default_cache({})
+
+
 def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -84,7 +87,7 @@ class Settings:
     """What the environment may override; the defaults are the product's."""
 
     token: str | None = None
-    cache_dir: Path = _default_cache({})
+    cache_dir: Path = _DEFAULT_CACHE
     data_dir: Path = _REPO_SHARED
     demo_data: Path | None = None
     offline: bool = False

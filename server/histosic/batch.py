@@ -30,6 +30,7 @@ from histosic.errors import (
     HistosicError,
     InvalidInputError,
     PreconditionError,
+    ProjectNotFoundError,
 )
 from histosic.qupath import SUGGESTED_SEED_CLASS
 from histosic.seeds import SeedPoint
@@ -180,9 +181,15 @@ def run_batch(
     ------
     PreconditionError
         paquo (or QuPath) is not available.
-    FileNotFoundError
-        The project does not exist.
+    ProjectNotFoundError
+        The project does not exist (checked before paquo starts QuPath).
     """
+    project_path = Path(project)
+    if not project_path.exists():
+        raise ProjectNotFoundError(
+            f"QuPath project {project_path} does not exist; give a project folder or its "
+            "project.qpproj"
+        )
     try:
         from paquo.projects import QuPathProject
     except Exception as err:  # paquo raises several kinds when QuPath is missing
@@ -196,9 +203,6 @@ def run_batch(
     from histosic.qupath import to_geojson
     from histosic.store import read_embeddings
 
-    project_path = Path(project)
-    if not project_path.exists():
-        raise FileNotFoundError(f"QuPath project {project_path} does not exist")
     if output not in ("tiles", "detections", "regions", "both"):
         raise InvalidInputError(
             f"output must be tiles, detections, regions or both, got {output!r}"

@@ -62,6 +62,10 @@ class EmbeddingNotFoundError(HistosicError, FileNotFoundError):
     """No embedding file matches the reference."""
 
 
+class ProjectNotFoundError(HistosicError, FileNotFoundError):
+    """A QuPath project that does not exist."""
+
+
 class PermissionDeniedError(HistosicError, PermissionError):
     """A path resolves outside the configured roots, or a token is missing or wrong."""
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from histosic.errors import (
     CancelledError,
+    InvalidInputError,
     PreconditionError,
     ResourceExhaustedError,
 )
@@ -127,7 +128,9 @@ class JobManager:
         embed: EmbedFunction | None = None,
     ) -> None:
         if not devices:
-            raise ValueError("at least one device is needed")
+            raise InvalidInputError(
+                "at least one device is needed (e.g. devices=('cpu',) or ('cuda:0',))"
+            )
         self.devices = tuple(devices)
         self.workers = workers
         self.batch_size = int(batch_size)

@@ -202,11 +202,31 @@ class HistosicServer:
         self.jobs.shutdown(timeout=grace if grace is not None else 30.0)
         done = self.grpc.stop(grace)
         if self._http is not None:
-            self._http.close()
-            if self._http_thread is not None:
-                self._http_thread.join(5.0)
+            self._close_http()
         done.wait(grace)
         log.info("server stopped")
+
+    def _close_http(self) -> None:
+        """Close the HTTP server from inside its own event loop.
+
+        Closing its sockets from this thread while the loop sits in ``select()`` on them made the
+        loop fail with ``OSError: Bad file descriptor`` now and then. The loop's trigger runs the
+        close in the loop thread instead, and wakes it; with every channel closed the loop ends.
+        """
+        from waitress import wasyncore
+
+        http, thread = self._http, self._http_thread
+        if thread is None or not thread.is_alive():
+            wasyncore.close_all(http._map)
+            http.task_dispatcher.shutdown()
+            return
+
+        def close_all() -> None:
+            wasyncore.close_all(http._map)
+
+        http.trigger.pull_trigger(close_all)
+        thread.join(5.0)
+        http.task_dispatcher.shutdown()
 
     def wait(self) -> None:
         self._stopped.wait()

@@ -78,16 +78,19 @@ class DemoReport:
 def find_demo_data(data_dir: str | os.PathLike[str] | None = None) -> tuple[Path, Path] | None:
     """The DigestPath image and its mask, or None when not found.
 
-    Looks in ``data_dir``, then ``$HISTOSIC_DEMO_DATA``, then ``<repo>/../shared/data``; each may
-    be the data folder itself or its ``digestpath`` subfolder.
+    Looks in ``data_dir``, then the configured demo data (``$HISTOSIC_DEMO_DATA``), then the
+    shared data folder (``$HISTOSIC_DATA`` or ``<repo>/../shared/data``); each may be the data
+    folder itself or its ``digestpath`` subfolder.
     """
+    from histosic import config
+
+    settings = config.current()
     roots: list[Path] = []
     if data_dir is not None:
         roots.append(Path(data_dir))
-    env = os.environ.get("HISTOSIC_DEMO_DATA")
-    if env:
-        roots.append(Path(env))
-    roots.append(Path(__file__).resolve().parents[3] / "shared" / "data")
+    if settings.demo_data is not None:
+        roots.append(settings.demo_data)
+    roots.append(settings.data_dir)
     for root in roots:
         for d in (root / "digestpath", root):
             img, mask = d / "0.jpg", d / "0_mask.jpg"

@@ -66,12 +66,11 @@ log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
-    """Where evaluation embeddings are cached: ``$HISTOSIC_CACHE``, else the user's cache folder
-    (``$XDG_CACHE_HOME`` or ``~/.cache``) under ``histosic/eval``."""
-    if os.environ.get("HISTOSIC_CACHE"):
-        return Path(os.environ["HISTOSIC_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "histosic" / "eval"
+    """Where evaluation embeddings are cached: :attr:`histosic.config.Settings.cache_dir`
+    (``$HISTOSIC_CACHE``, else the user's cache folder under ``histosic/eval``)."""
+    from histosic import config
+
+    return config.current().cache_dir
 
 
 FloatArray = npt.NDArray[np.float64]

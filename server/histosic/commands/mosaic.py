@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 __all__ = ["register", "run"]
 
 
 def _default_data() -> Path:
-    env = os.environ.get("HISTOSIC_DATA")
-    root = Path(env) if env else Path(__file__).resolve().parents[3].parent / "shared" / "data"
-    return root / "wsss4luad"
+    from histosic import config
+
+    return config.current().data_dir / "wsss4luad"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -98,8 +98,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from histosic.config import current as current_settings
     from histosic.errors import InvalidInputError
-    from histosic.service.server import ServerConfig, create_server, is_loopback, token_from_env
+    from histosic.service.server import ServerConfig, create_server, is_loopback
 
     for name in ("port", "http_port"):
         value = getattr(args, name)
@@ -115,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     ):
         if getattr(args, name) < 1:
             raise InvalidInputError(f"--{name.replace('_', '-')} must be at least 1")
-    token = token_from_env(args.token)
+    token = args.token or current_settings().token
     host = args.host
     bracket = f"[{host}]" if ":" in host else host
     config = ServerConfig(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import threading
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -245,8 +244,3 @@ def create_server(address: str, config: ServerConfig) -> tuple[HistosicServer, i
     """
     server = HistosicServer(address, config)
     return server, server.port
-
-
-def token_from_env(token: str | None) -> str | None:
-    """The token given, else ``HISTOSIC_TOKEN`` from the environment, else None."""
-    return token or os.environ.get("HISTOSIC_TOKEN") or None

@@ -37,8 +37,8 @@ demo: install-demo
 	$(BIN)/histosic demo
 
 lint: install
-	$(BIN)/ruff check server tests benchmarks
-	$(BIN)/ruff format --check server tests benchmarks
+	$(BIN)/ruff check server tests benchmarks scripts
+	$(BIN)/ruff format --check server tests benchmarks scripts
 
 typecheck: install
 	$(BIN)/mypy
@@ -47,8 +47,8 @@ pytest: install system-deps
 	$(BIN)/pytest -q
 
 test: install system-deps
-	$(BIN)/ruff check server tests benchmarks
-	$(BIN)/ruff format --check server tests benchmarks
+	$(BIN)/ruff check server tests benchmarks scripts
+	$(BIN)/ruff format --check server tests benchmarks scripts
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 

@@ -7,6 +7,11 @@ then clustered locally from the seeds in about a second (:mod:`histosic.sic`).
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:  # the one place the version is written is pyproject.toml
+    __version__ = version("histosic")
+except PackageNotFoundError:  # pragma: no cover - running from a tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = ["__version__"]

@@ -48,7 +48,7 @@ def _stream(
         context.abort(grpc.StatusCode[st.code], st.message)
 
 
-class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):  # type: ignore[misc]
+class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
     def __init__(self, api: HistosicApi) -> None:
         self.api = api
 
@@ -88,7 +88,7 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):  # type: i
         return _stream("GetEmbedding", self.api.get_embedding, request, context)
 
 
-class ClusteringServicer(clustering_pb2_grpc.ClusteringServiceServicer):  # type: ignore[misc]
+class ClusteringServicer(clustering_pb2_grpc.ClusteringServiceServicer):
     def __init__(self, api: HistosicApi) -> None:
         self.api = api
 

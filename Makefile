@@ -1,10 +1,11 @@
-# Two commands matter: `make demo` and `make test`. Both create .venv on first use.
+# Three commands matter: `make demo`, `make test` (the whole suite, CI's command) and
+# `make test-fast` (everything but the slow tests, while you work). All create .venv on first use.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: demo test lint typecheck pytest install install-demo system-deps protos bench clean
+.PHONY: demo test test-fast lint typecheck pytest install install-demo system-deps protos bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,9 +37,11 @@ system-deps:
 demo: install-demo
 	$(BIN)/histosic demo
 
+LINTED := server tests benchmarks scripts
+
 lint: install
-	$(BIN)/ruff check server tests benchmarks scripts
-	$(BIN)/ruff format --check server tests benchmarks scripts
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 typecheck: install
 	$(BIN)/mypy
@@ -47,16 +50,28 @@ pytest: install system-deps
 	$(BIN)/pytest -q
 
 test: install system-deps
-	$(BIN)/ruff check server tests benchmarks scripts
-	$(BIN)/ruff format --check server tests benchmarks scripts
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
 	$(BIN)/pytest -q
+
+# No slow tests (marked `slow`: real embedding runs, subprocess servers, the demo, Groovy runs).
+test-fast: install system-deps
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/pytest -q -m "not slow and not gpu"
 
 protos: install
 	$(PY) scripts/gen_protos.py
 
+# Every CPU benchmark, one after another (several minutes; the GPU ones are gpu_*.py/.sh).
 bench: install
 	$(PY) benchmarks/bench_sic.py
+	$(PY) benchmarks/bench_cluster.py
+	$(PY) benchmarks/bench_server.py
+	$(PY) benchmarks/bench_embed.py
+	$(PY) benchmarks/bench_embed.py --model he-features --patches 1024 --repeat 3
+	$(PY) benchmarks/bench_loader.py --patches 2000 --batch-size 64 --workers 1,2
+	$(PY) benchmarks/bench_colors.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -72,9 +72,26 @@ def test_server_stop_leaves_http_thread_clean(tmp_path: Path) -> None:
 def test_server_stop_before_start(tmp_path: Path) -> None:
     server, _ = create_server("127.0.0.1:0", ServerConfig(store=tmp_path))
     server.stop(grace=0.1)  # never started: closes its sockets without a loop
-    with pytest.raises(OSError), urllib.request.urlopen(
-        f"http://127.0.0.1:{server.http_port}/healthz", timeout=2
+    with (
+        pytest.raises(OSError),
+        urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/healthz", timeout=2),
     ):
         pass
 
 
+def test_cli_reads_the_environment_once_and_restores(monkeypatch: pytest.MonkeyPatch) -> None:
+    from histosic import config
+
+    seen: list[config.Settings] = []
+    monkeypatch.setenv("HISTOSIC_OFFLINE", "1")
+    monkeypatch.setenv("HISTOSIC_CACHE", "/tmp/histosic-cache-test")
+
+    def run(argv: object) -> int:
+        seen.append(config.current())
+        return 0
+
+    monkeypatch.setattr("histosic.cli._run", run)
+    before = config.current()
+    assert main(["models"]) == 0
+    assert seen[0].offline and seen[0].cache_dir == Path("/tmp/histosic-cache-test")
+    assert config.current() == before

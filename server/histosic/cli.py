@@ -58,8 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # The one place (with the server bootstrap it calls) where HISTOSIC_* variables are read.
-    config.configure(config.from_env())
+    # The one place (with the server bootstrap it calls) where HISTOSIC_* variables are read. The
+    # previous settings come back afterwards, so an in-process call leaves the process as it was.
+    previous = config.configure(config.from_env())
+    try:
+        return _run(argv)
+    finally:
+        config.configure(previous)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.ERROR if args.quiet else (logging.DEBUG if args.verbose > 0 else logging.INFO)

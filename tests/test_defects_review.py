@@ -95,3 +95,28 @@ def test_cli_reads_the_environment_once_and_restores(monkeypatch: pytest.MonkeyP
     assert main(["models"]) == 0
     assert seen[0].offline and seen[0].cache_dir == Path("/tmp/histosic-cache-test")
     assert config.current() == before
+
+
+def test_readme_lists_every_environment_variable() -> None:
+    from histosic import config
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    missing = [name for name in config.ENV_VARS if f"| `{name}` |" not in readme]
+    assert missing == []
+
+
+def test_library_never_reads_the_environment() -> None:
+    # Only the configuration module names HISTOSIC_* variables (as string constants) in the code.
+    import ast
+
+    from histosic import config
+
+    root = Path(__file__).resolve().parents[1] / "server" / "histosic"
+    readers = [
+        f"{path.relative_to(root)}:{node.lineno}"
+        for path in sorted(root.rglob("*.py"))
+        if "api" not in path.relative_to(root).parts and path.name != "config.py"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Constant) and node.value in config.ENV_VARS
+    ]
+    assert readers == []

@@ -14,7 +14,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from histosic import __version__
+from histosic import __version__, config
 from histosic.errors import HistosicError
 
 __all__ = ["main"]
@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    config.configure(config.from_env())
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.ERROR if args.quiet else (logging.DEBUG if args.verbose > 0 else logging.INFO)

@@ -29,13 +29,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from histosic.embed.models import (
-    DEFAULT_MODEL,
-    LoadedModel,
-    get_model_info,
-    load_model,
-    weights_id,
-)
+from histosic.config import DEFAULT_MODEL
+from histosic.embed.registry import LoadedModel, get_model_info, load_model, weights_id
 from histosic.errors import (
     CancelledError,
     HistosicError,
@@ -362,7 +357,7 @@ def embed_slide(
         An ``.h5``/``.hdf5`` file name, or a directory that receives
         :func:`embedding_filename`.
     model : str, default DEFAULT_MODEL ('he-features')
-        A registry name (:func:`histosic.embed.list_models`).
+        A registry name (:func:`histosic.embed.registry.list_models`).
     tiling : TilingConfig
     slide_mpp : float, optional
         Level-0 microns per pixel; overrides metadata, required for plain images.

@@ -202,9 +202,9 @@ class HistosicApi:
     def start_embedding(
         self, request: embedding_pb2.StartEmbeddingRequest
     ) -> embedding_pb2.StartEmbeddingResponse:
+        model = self._check_model(request.model)  # before importing torch: it may be missing
         from histosic.embed.pipeline import embedding_filename
 
-        model = self._check_model(request.model)
         slide = self.resolver.resolve(request.slide)
         tiling = self._tiling(request.tiling)
         slide_mpp = None

@@ -314,7 +314,7 @@ BACKBONES: tuple[BackboneSpec, ...] = (
         ),
         weights_id=lambda kind, arg: f"he-features:v{hefeatures.VERSION}",
         build="features:build_he_features",
-        requires=(),
+        requires=("skimage",),  # its local binary patterns
         numpy=True,
     ),
     BackboneSpec(

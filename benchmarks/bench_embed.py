@@ -4,9 +4,9 @@ Generates a synthetic JPEG-tiled pyramidal TIFF (tissue over most of it), then m
 
 1. the bare model: ``model(x)`` on ready, normalised ``channels_last`` tensors under
    ``torch.inference_mode`` (same model, batch size and threads);
-2. the pipeline: :func:`histosic.embed.embed_slide` from the slide file to the finished HDF5 file
-   (tissue detection, model set-up, DataLoader workers reading and resizing patches, inference,
-   writing), both for the whole call and for its steady state (first to last batch);
+2. the pipeline: :func:`histosic.embed.pipeline.embed_slide` from the slide file to the finished
+   HDF5 file (tissue detection, model set-up, DataLoader workers reading and resizing patches,
+   inference, writing), both for the whole call and for its steady state (first to last batch);
 
 and prints patches/s and the ratios. The issue's target on a CPU with resnet18: the pipeline
 reaches at least 90% of the bare model's rate.
@@ -108,11 +108,12 @@ def bare_rate(model_name: str, n: int, batch: int, device: str) -> float:
     """
     import torch
 
-    from histosic.embed import load_model, resolve_device
+    from histosic.embed.pipeline import resolve_device
+    from histosic.embed.registry import load_model
 
     dev = resolve_device(device)
     loaded = load_model(model_name)
-    module = loaded.module.to(dev).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    module = loaded.module.to(dev).to(memory_format=torch.channels_last)
     size = loaded.info.input_size
     x = torch.randn(batch, 3, size, size, device=dev).contiguous(memory_format=torch.channels_last)
     if dev.type == "cuda":
@@ -140,7 +141,7 @@ def pipeline_rate(
     slide: Path, out: Path, model_name: str, batch: int, workers: int | None, device: str
 ) -> tuple[float, float, int]:
     """(whole-call patches/s, steady-state patches/s, n patches) of embed_slide."""
-    from histosic.embed import embed_slide
+    from histosic.embed.pipeline import embed_slide
     from histosic.store import read_meta
     from histosic.tiling import TilingConfig
 

@@ -39,7 +39,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from bench_embed import make_slide
 
-    from histosic.embed.models import load_model
     from histosic.embed.pipeline import (
         _iterate,
         _PatchBatches,
@@ -47,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         resolve_device,
         slide_grid,
     )
+    from histosic.embed.registry import load_model
     from histosic.slides import open_slide
     from histosic.tiling import TilingConfig
 

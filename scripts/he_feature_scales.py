@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Compute ``FEATURE_SCALE`` of the ``he-features`` backbone (server/histosic/embed/hefeatures.py).
+"""Compute ``FEATURE_SCALE`` of the ``he-features`` backbone (histosic/features/hefeatures.py).
 
 The scale of each feature is its pooled within-source standard deviation (the root mean of the
 two sources' variances) over label-free tissue patches of real H&E images at about 1 um/px, the
@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from histosic.embed.hefeatures import NAMES, extract_raw
+from histosic.features.hefeatures import NAMES, extract_raw
 
 REPO = Path(__file__).resolve().parents[1]
 Patches = npt.NDArray[np.uint8]

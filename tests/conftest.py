@@ -7,14 +7,17 @@ as they read a scanner's file. Add fixtures here; do not remove other people's.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import pytest
+
+from histosic import config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -177,3 +180,20 @@ def synthetic_slide(slide_factory: Callable[..., SyntheticSlide]) -> SyntheticSl
 def small_slide(slide_factory: Callable[..., SyntheticSlide]) -> SyntheticSlide:
     """A small 40x slide (1536x1024 px) with one tissue region: a handful of patches, fast."""
     return slide_factory("small-40x.tiff", 1024, 1536, [(200, 150, 900, 700)], seed=1)
+
+
+@pytest.fixture
+def settings() -> Iterator[Callable[..., config.Settings]]:
+    """Change the process's settings for one test: ``settings(offline=True)``; restored after.
+
+    Library code reads :func:`histosic.config.current`, never the environment, so tests that would
+    set ``HISTOSIC_*`` variables in-process configure the settings instead.
+    """
+    saved = config.current()
+
+    def change(**fields: object) -> config.Settings:
+        config.configure(dataclasses.replace(config.current(), **fields))  # type: ignore[arg-type]
+        return config.current()
+
+    yield change
+    config.configure(saved)

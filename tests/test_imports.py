@@ -8,7 +8,14 @@ import sys
 
 import pytest
 
-CORE = ["histosic.sic", "histosic.store", "histosic.slides", "histosic.tiling"]
+CORE = [
+    "histosic.sic",
+    "histosic.store",
+    "histosic.slides",
+    "histosic.tiling",
+    "histosic.features.hefeatures",
+    "histosic.features.handcrafted",
+]
 HEAVY = ["torch", "grpc", "paquo", "openslide", "tiffslide", "skimage"]
 
 

@@ -18,7 +18,7 @@ import torch
 from conftest import SyntheticSlide, write_pyramid
 
 from histosic.cli import main
-from histosic.embed import embed_slide, get_model_info, load_model
+from histosic.embed.pipeline import embed_slide
 from histosic.embed.pretrain import (
     CHECKPOINT_FORMAT,
     PretrainConfig,
@@ -27,6 +27,7 @@ from histosic.embed.pretrain import (
     nt_xent_loss,
     pretrain_simclr,
 )
+from histosic.embed.registry import get_model_info, load_model
 from histosic.errors import (
     CorruptFileError,
     InvalidInputError,

@@ -1,8 +1,9 @@
 """The job manager on its own: queueing, cancel, failures, shutdown.
 
-The embedding function here is a TEST DOUBLE of :func:`histosic.embed.embed_slide` (same keyword
-contract: progress, should_stop, CancelledError and no file left on cancel), so these tests control
-timing exactly; the real pipeline runs in tests/test_service.py and tests/test_service_process.py.
+The embedding function here is a TEST DOUBLE of :func:`histosic.embed.pipeline.embed_slide` (same
+keyword contract: progress, should_stop, CancelledError and no file left on cancel), so these tests
+control timing exactly; the real pipeline runs in tests/test_service.py and
+tests/test_service_process.py.
 """
 
 from __future__ import annotations

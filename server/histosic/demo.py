@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from histosic.config import DEFAULT_MODEL
 from histosic.errors import InvalidInputError
 
 __all__ = [
-    "DEFAULT_DEMO_MODEL",
     "DemoReport",
     "find_demo_data",
     "make_demo_slide",
@@ -35,9 +35,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The backbone of the demo: the product's default (no weights to download; on DigestPath image 0
-#: the default clustering on it scores best of the offline backbones, docs/EVALUATION.md).
-DEFAULT_DEMO_MODEL = "he-features"
 POSITIVE_NAME = "Tumor"
 NEGATIVE_NAME = "Stroma"
 
@@ -259,7 +256,7 @@ def run_demo(
     *,
     data_dir: str | os.PathLike[str] | None = None,
     generated: bool = False,
-    model: str = DEFAULT_DEMO_MODEL,
+    model: str = DEFAULT_MODEL,
     method: str | None = None,
     generated_size: tuple[int, int] = (3072, 2304),
     colors_method: str = "umap",
@@ -274,8 +271,10 @@ def run_demo(
         Where to look for ``digestpath/0.jpg`` first.
     generated : bool, default False
         Use a generated slide even when DigestPath is available.
-    model : str, default DEFAULT_DEMO_MODEL
-        Embedding backbone (offline ones: he-features, handcrafted, resnet18-random).
+    model : str, default config.DEFAULT_MODEL
+        Embedding backbone (offline ones: he-features, handcrafted, resnet18-random); the default
+        is the product's (no weights to download; on DigestPath image 0 the default clustering
+        on it scores best of the offline backbones, docs/EVALUATION.md).
     method : str, optional
         Clustering method (default: :data:`histosic.sic.DEFAULT_METHOD`).
     generated_size : (int, int)
@@ -286,7 +285,7 @@ def run_demo(
 
     from histosic import sic
     from histosic.colors import colors_geojson, patch_colors, render_colors, save_png
-    from histosic.embed import embed_slide
+    from histosic.embed.pipeline import embed_slide
     from histosic.evaluate import all_positive_f1, binary_scores, load_truth
     from histosic.overlay import slide_thumbnail, write_overlay
     from histosic.pipeline import cluster_slide

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from histosic.config import DEFAULT_MODEL
 from histosic.errors import InvalidInputError, SlideNotFoundError
 
 if TYPE_CHECKING:
@@ -998,7 +999,7 @@ class Case:
 class EvalConfig:
     """Settings of :func:`evaluate_cases` (tiling, protocol, outputs)."""
 
-    models: tuple[str, ...] = ("he-features",)
+    models: tuple[str, ...] = (DEFAULT_MODEL,)
     variants: tuple[Variant, ...] = (Variant(preprocess="none"), Variant())
     ks: tuple[int, ...] = (1, 3, 5)
     repeats: int = 5
@@ -1044,7 +1045,7 @@ def cache_path(case: Case, model: str, cfg: EvalConfig) -> Path:
 
 def embed_cached(case: Case, model: str, cfg: EvalConfig) -> Path:
     """Embed a slide once per (slide, model, tiling) into ``cfg.cache_dir``; reuse the file."""
-    from histosic.embed import embed_slide
+    from histosic.embed.pipeline import embed_slide
     from histosic.tiling import TilingConfig
 
     out = cache_path(case, model, cfg)

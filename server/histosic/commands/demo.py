@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from histosic.config import DEFAULT_MODEL
+
 __all__ = ["register", "run"]
 
 
@@ -28,19 +30,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--data", type=Path, default=None, help="folder holding digestpath/0.jpg")
     p.add_argument("--generated", action="store_true", help="use a generated slide")
-    p.add_argument("--model", default=None, help="backbone (default: he-features)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"backbone (default: {DEFAULT_MODEL})")
     p.add_argument("--method", default=None, help="clustering method (default: the product's)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from histosic.demo import DEFAULT_DEMO_MODEL, run_demo
+    from histosic.demo import run_demo
 
     report = run_demo(
         args.out_dir,
         data_dir=args.data,
         generated=args.generated,
-        model=args.model or DEFAULT_DEMO_MODEL,
+        model=args.model,
         method=args.method,
     )
     print(report.text())

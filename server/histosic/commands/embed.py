@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from histosic.commands._args import add_device, add_slides
+from histosic.config import DEFAULT_MODEL
 
 __all__ = ["register", "run"]
 
@@ -34,9 +35,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--model",
         "-m",
-        default="he-features",  # histosic.embed.DEFAULT_MODEL (not imported: torch)
+        default=DEFAULT_MODEL,
         help="backbone: resnet18, resnet50, histossl, efficientnet-lite0, he-features, "
-        "handcrafted, resnet18-random, timm:<name>, checkpoint:<path> (default: he-features, "
+        f"handcrafted, resnet18-random, timm:<name>, checkpoint:<path> (default: {DEFAULT_MODEL}, "
         "which needs no download and scored best in docs/EVALUATION.md)",
     )
     p.add_argument(
@@ -113,7 +114,7 @@ class _Bar:
 
 
 def run(args: argparse.Namespace) -> int:
-    from histosic.embed import embed_slide
+    from histosic.embed.pipeline import embed_slide
     from histosic.errors import HistosicError, InvalidInputError
     from histosic.slides import TissueConfig
     from histosic.tiling import TilingConfig

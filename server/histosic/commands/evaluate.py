@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from histosic.config import DEFAULT_MODEL
+
 __all__ = ["register", "run"]
 
 _DEFAULT_VARIANTS = (
@@ -59,7 +61,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--positive", default=None, help="GeoJSON class name of the positive region")
     p.add_argument(
-        "--models", default="he-features", help="comma-separated model names (default he-features)"
+        "--models",
+        default=DEFAULT_MODEL,
+        help=f"comma-separated model names (default {DEFAULT_MODEL})",
     )
     p.add_argument("--variants", default=_DEFAULT_VARIANTS, help="comma-separated variant specs")
     p.add_argument("--seeds", default="1,3,5", help="seed patches per class (default 1,3,5)")

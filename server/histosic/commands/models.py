@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="list embedding models and whether they are usable here",
         description=(
             "List the backbones `histosic embed --model` accepts: output dimension, input size, "
-            "and whether the weights are available now (cached, downloadable, or a local file)."
+            "and whether each is usable now (libraries installed; weights cached, downloadable, "
+            "or a local file). Works without torch: then it says what to install."
         ),
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -23,7 +24,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from histosic.embed import list_models
+    from histosic.embed.registry import list_models  # torch-free
 
     models = list_models()
     if args.json:

@@ -1,41 +1,12 @@
-"""Patch embeddings with PyTorch backbones: the only package of histosic that imports torch.
+"""Patch embeddings with backbones: the only package of histosic that imports torch.
 
-:func:`embed_slide` turns a slide into an HDF5 embedding file; :func:`list_models` describes the
-backbones (see :mod:`histosic.embed.models`).
+This package's ``__init__`` imports nothing, so the torch-free parts load without torch:
+
+- :mod:`histosic.embed.registry`: the backbones' names, dimensions and availability, and
+  :func:`~histosic.embed.registry.load_model` (no torch until a backbone is built);
+- :mod:`histosic.embed.network`: the cached internet probe of the registry;
+- :mod:`histosic.embed.pipeline`: :func:`~histosic.embed.pipeline.embed_slide`, a slide to an HDF5
+  embedding file (torch);
+- :mod:`histosic.embed.builders`: one module per backbone family (torch);
+- :mod:`histosic.embed.pretrain`: SimCLR pre-training of a ResNet on the user's slides (torch).
 """
-
-from __future__ import annotations
-
-from histosic.embed.models import (
-    DEFAULT_MODEL,
-    LoadedModel,
-    ModelInfo,
-    get_model_info,
-    list_models,
-    load_model,
-    weights_id,
-)
-from histosic.embed.pipeline import (
-    default_workers,
-    embed_slide,
-    embedding_filename,
-    read_patches,
-    resolve_device,
-    slide_grid,
-)
-
-__all__ = [
-    "DEFAULT_MODEL",
-    "LoadedModel",
-    "ModelInfo",
-    "default_workers",
-    "embed_slide",
-    "embedding_filename",
-    "get_model_info",
-    "list_models",
-    "load_model",
-    "read_patches",
-    "resolve_device",
-    "slide_grid",
-    "weights_id",
-]

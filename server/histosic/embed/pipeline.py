@@ -29,13 +29,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from histosic.embed.models import (
-    DEFAULT_MODEL,
-    LoadedModel,
-    get_model_info,
-    load_model,
-    weights_id,
-)
+from histosic.config import DEFAULT_MODEL
+from histosic.embed.registry import LoadedModel, get_model_info, load_model, weights_id
 from histosic.errors import (
     CancelledError,
     HistosicError,
@@ -362,7 +357,7 @@ def embed_slide(
         An ``.h5``/``.hdf5`` file name, or a directory that receives
         :func:`embedding_filename`.
     model : str, default DEFAULT_MODEL ('he-features')
-        A registry name (:func:`histosic.embed.list_models`).
+        A registry name (:func:`histosic.embed.registry.list_models`).
     tiling : TilingConfig
     slide_mpp : float, optional
         Level-0 microns per pixel; overrides metadata, required for plain images.
@@ -567,7 +562,7 @@ def _run(
     n_workers = default_workers(device) if workers is None else int(workers)
     module = loaded.module.to(device)
     if device.type != "cpu" or any(p.dim() == 4 for p in module.parameters()):
-        module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        module = module.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     prep = _Preprocess(loaded, device)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from histosic.embed.models import IMAGENET_MEAN, IMAGENET_STD
+from histosic.embed.registry import IMAGENET_MEAN, IMAGENET_STD
 from histosic.errors import InvalidInputError, NoTissueError, OutputExistsError
 
 __all__ = [
@@ -352,9 +352,9 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torc
 class _SimCLR(nn.Module):
     def __init__(self, arch: str) -> None:
         super().__init__()
-        from histosic.embed.models import _torchvision_resnet
+        from histosic.embed.builders.state import torchvision_resnet
 
-        self.backbone = _torchvision_resnet(arch)
+        self.backbone = torchvision_resnet(arch)
         dim = 512 if arch in ("resnet18", "resnet34") else 2048
         self.projector = nn.Sequential(
             nn.Linear(dim, dim, bias=False),

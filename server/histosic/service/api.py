@@ -107,8 +107,9 @@ class HistosicApi:
     def list_models(
         self, request: embedding_pb2.ListModelsRequest
     ) -> embedding_pb2.ListModelsResponse:
-        from histosic.embed import list_models
+        from histosic.embed.registry import list_models
 
+        # Torch-free: without histosic[embed] every model is listed as unavailable, with why.
         out = embedding_pb2.ListModelsResponse()
         for m in list_models():
             out.models.add(
@@ -122,7 +123,7 @@ class HistosicApi:
         return out
 
     def _check_model(self, name: str) -> str:
-        from histosic.embed import get_model_info
+        from histosic.embed.registry import check_embeddable
 
         if not name:
             raise InvalidInputError("no model given: name one from ListModels (e.g. he-features)")
@@ -134,7 +135,9 @@ class HistosicApi:
                 "registry's models and timm:<name> (embed with your own weights locally: "
                 "`histosic embed --model checkpoint:...`)"
             )
-        return get_model_info(name, check=False).name
+        # ModelUnavailableError (FAILED_PRECONDITION) when torch or the family's libraries are
+        # missing here; weights are checked when the job runs.
+        return check_embeddable(name).name
 
     def _tiling(self, t: embedding_pb2.Tiling) -> Any:
         from histosic.tiling import TilingConfig
@@ -199,9 +202,9 @@ class HistosicApi:
     def start_embedding(
         self, request: embedding_pb2.StartEmbeddingRequest
     ) -> embedding_pb2.StartEmbeddingResponse:
-        from histosic.embed import embedding_filename
+        model = self._check_model(request.model)  # before importing torch: it may be missing
+        from histosic.embed.pipeline import embedding_filename
 
-        model = self._check_model(request.model)
         slide = self.resolver.resolve(request.slide)
         tiling = self._tiling(request.tiling)
         slide_mpp = None

@@ -2,7 +2,7 @@
 
 Jobs live in the server process, not in a client's connection: a client that disconnects (or a
 ``WatchJob`` stream that ends) leaves its job running, and ``GetJob`` finds it later. The embedding
-itself is written by :func:`histosic.embed.embed_slide` to a ``.partial`` file renamed when
+itself is written by :func:`histosic.embed.pipeline.embed_slide` to a ``.partial`` file renamed when
 complete, so a cancelled job or a killed server never leaves a file that looks finished.
 """
 
@@ -92,7 +92,7 @@ EmbedFunction = Callable[..., Path]
 
 
 def _default_embed() -> EmbedFunction:
-    from histosic.embed import embed_slide  # torch is imported only when a job runs
+    from histosic.embed.pipeline import embed_slide  # torch is imported only when a job runs
 
     return embed_slide
 
@@ -114,7 +114,7 @@ class JobManager:
     max_finished : int
         Finished jobs remembered for GetJob.
     embed : callable, optional
-        The embedding function (default :func:`histosic.embed.embed_slide`).
+        The embedding function (default :func:`histosic.embed.pipeline.embed_slide`).
     """
 
     def __init__(

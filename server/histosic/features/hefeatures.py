@@ -23,7 +23,9 @@ so the features come out on comparable scales: the downstream classifiers rescal
 one global factor and need nothing special for this backbone.
 
 The work is NumPy/SciPy on the CPU over whole batches (labelling, component moments and
-co-occurrence counts are vectorised across the batch); only the LBP codes go patch by patch.
+co-occurrence counts are vectorised across the batch); only the LBP codes go patch by patch. No
+torch here: the ``he-features`` backbone of :mod:`histosic.embed` is a thin ``nn.Module`` around
+:func:`he_features`.
 """
 
 from __future__ import annotations
@@ -33,11 +35,11 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import torch
 from scipy import ndimage as ndi
-from torch import nn
 
-__all__ = ["DIM", "FEATURE_SCALE", "NAMES", "HEFeatures", "extract_raw"]
+from histosic.errors import InvalidInputError
+
+__all__ = ["DIM", "FEATURE_SCALE", "NAMES", "VERSION", "extract_raw", "he_features"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -72,6 +74,8 @@ NAMES: tuple[str, ...] = (
     "lbp2_nonuniform",
 )
 DIM = len(NAMES)
+#: Bumped when the features change; part of the backbone's weights id (``he-features:v1``).
+VERSION = 1
 
 # The spread of each raw feature, by which it is divided: the pooled within-source standard
 # deviation (root mean of the two sources' variances) over label-free tissue patches (at least half
@@ -395,11 +399,20 @@ def _lbp(h: FloatArray) -> FloatArray:
     return out
 
 
-def extract_raw(patches: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-    """Unscaled features (n, :data:`DIM`) of RGB ``uint8`` patches (n, s, s, 3), s about 128."""
-    rgb = np.ascontiguousarray(patches, dtype=np.uint8)
+def extract_raw(patches: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    """Unscaled features (n, :data:`DIM`) of RGB ``uint8`` patches (n, s, s, 3), s about 128.
+
+    Raises
+    ------
+    InvalidInputError
+        Not an (n, h, w, 3) array of RGB values.
+    """
+    try:
+        rgb = np.ascontiguousarray(patches, dtype=np.uint8)
+    except (TypeError, ValueError) as err:
+        raise InvalidInputError(f"expected (n, h, w, 3) uint8 patches, got {err}") from err
     if rgb.ndim != 4 or rgb.shape[3] != 3:
-        raise ValueError(f"expected (n, h, w, 3) uint8 patches, got shape {rgb.shape}")
+        raise InvalidInputError(f"expected (n, h, w, 3) uint8 patches, got shape {rgb.shape}")
     if rgb.shape[0] == 0:
         return np.zeros((0, DIM), np.float32)
     od3 = -np.log((rgb.astype(np.float64) + 1.0) / 256.0)
@@ -417,22 +430,13 @@ def extract_raw(patches: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
     return out
 
 
-class HEFeatures(nn.Module):
-    """The ``he-features`` backbone: :func:`extract_raw` divided by :data:`FEATURE_SCALE`.
+_SCALE = np.asarray(FEATURE_SCALE, np.float32)
 
-    Input: (n, 3, h, w) RGB in [0, 1] (normalisation mean 0, std 1), on any device; the features
-    are computed on the CPU and returned as float32 (n, ``DIM``) on the input's device.
+
+def he_features(patches: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    """The ``he-features`` embedding: :func:`extract_raw` divided by :data:`FEATURE_SCALE`.
+
+    Input: RGB ``uint8`` patches (n, s, s, 3), s about 128. Output: float32 (n, :data:`DIM`).
     """
-
-    DIM = DIM
-    VERSION = 1
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._scale = np.asarray(FEATURE_SCALE, np.float32)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rgb = (x.detach().float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
-        arr: Any = rgb.permute(0, 2, 3, 1).cpu().numpy()
-        feats = extract_raw(arr) / self._scale
-        return torch.from_numpy(feats).to(x.device)
+    out: npt.NDArray[np.float32] = extract_raw(patches) / _SCALE
+    return out

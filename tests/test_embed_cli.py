@@ -1,4 +1,6 @@
-"""``histosic embed`` and ``histosic models`` as real subprocesses: exits, resume after kill -9."""
+"""``histosic embed`` and ``histosic models``: exits and messages (in process, through the CLI's
+``main``), a real subprocess where the process matters (a second run that skips, kill -9 and
+resume)."""
 
 from __future__ import annotations
 
@@ -31,12 +33,27 @@ def _histosic(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[s
     )
 
 
-def test_models_lists_usability() -> None:
-    r = _histosic("models")
-    assert r.returncode == 0, r.stderr
-    assert re.search(r"resnet18-random\s+512\s+224\s+yes", r.stdout)
-    assert re.search(r"handcrafted\s+\d+\s+224\s+yes", r.stdout)
-    assert "histossl" in r.stdout
+def _main(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[int, str, str]:
+    """``histosic ARGS`` in this process, offline: exit code, stdout, stderr."""
+    from histosic.cli import main
+
+    monkeypatch.setenv("HISTOSIC_OFFLINE", "1")
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_models_lists_usability(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = _main(monkeypatch, capsys, "models")
+    assert code == 0, err
+    assert re.search(r"resnet18-random\s+512\s+224\s+yes", out)
+    assert re.search(r"handcrafted\s+\d+\s+224\s+yes", out)
+    assert "histossl" in out
 
 
 def test_embed_then_skip(small_slide: SyntheticSlide, tmp_path: Path) -> None:
@@ -69,6 +86,8 @@ def test_bad_input_exits_nonzero_and_leaves_nothing(
     small_slide: SyntheticSlide,
     slide_factory: object,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from PIL import Image
 
@@ -85,18 +104,13 @@ def test_bad_input_exits_nonzero_and_leaves_nothing(
     else:
         slide = small_slide.path
     out = tmp_path / "out"
-    env = dict(ENV)
-    env["TORCH_HOME"] = str(tmp_path / "torch")  # no cached weights
-    r = subprocess.run(
-        [sys.executable, "-m", "histosic", "embed", str(slide), "--out", str(out), *extra],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=env,
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no cached weights
+    code, stdout, stderr = _main(
+        monkeypatch, capsys, "embed", str(slide), "--out", str(out), *extra
     )
-    assert r.returncode == 1, (r.stdout, r.stderr)
-    assert message in r.stderr
-    assert "Traceback" not in r.stderr
+    assert code == 1, (stdout, stderr)
+    assert message in stderr
+    assert "Traceback" not in stderr
     assert not out.exists() or list(out.iterdir()) == []
 
 
@@ -176,16 +190,39 @@ def test_resume_after_kill_9(synthetic_slide: SyntheticSlide, tmp_path: Path) ->
     )
 
 
-def test_several_slides_go_on_past_a_bad_one(small_slide: SyntheticSlide, tmp_path: Path) -> None:
+def test_several_slides_go_on_past_a_bad_one(
+    small_slide: SyntheticSlide,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     missing = tmp_path / "missing.svs"
     out = tmp_path / "out"
-    r = _histosic(
-        "embed", str(missing), str(small_slide.path), "--out", str(out), "--model", "handcrafted"
+    code, _, err = _main(
+        monkeypatch,
+        capsys,
+        "embed",
+        str(missing),
+        str(small_slide.path),
+        "--out",
+        str(out),
+        "--model",
+        "handcrafted",
+        "--workers",
+        "0",
     )
-    assert r.returncode == 1
-    assert "missing.svs" in r.stderr and "1 of 2 slides failed" in r.stderr
+    assert code == 1
+    assert "missing.svs" in err and "1 of 2 slides failed" in err
     made = [p.name for p in out.iterdir()]
     assert len(made) == 1 and made[0].startswith(small_slide.path.stem)
     # A file name as --out only fits a single slide.
-    r2 = _histosic("embed", str(missing), str(small_slide.path), "--out", str(tmp_path / "x.h5"))
-    assert r2.returncode == 1 and "give a folder" in r2.stderr
+    code, _, err = _main(
+        monkeypatch,
+        capsys,
+        "embed",
+        str(missing),
+        str(small_slide.path),
+        "--out",
+        str(tmp_path / "x.h5"),
+    )
+    assert code == 1 and "give a folder" in err

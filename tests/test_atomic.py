@@ -26,21 +26,22 @@ def test_write_and_overwrite(tmp_path: Path) -> None:
 def test_existing_file_is_kept_when_the_writer_raises(tmp_path: Path) -> None:
     out = tmp_path / "picture.png"
     out.write_bytes(b"old")
-    with pytest.raises(RuntimeError, match="writer failed"):
-        with atomic_output(out, overwrite=True, suffix=".png") as tmp:
-            assert tmp.parent == tmp_path and tmp.name.endswith(".png") and tmp != out
-            tmp.write_bytes(b"half")
-            raise RuntimeError("writer failed")
+    with (
+        pytest.raises(RuntimeError, match="writer failed"),
+        atomic_output(out, overwrite=True, suffix=".png") as tmp,
+    ):
+        assert tmp.parent == tmp_path and tmp.name.endswith(".png") and tmp != out
+        tmp.write_bytes(b"half")
+        raise RuntimeError("writer failed")
     assert out.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["picture.png"]  # no temporary file left behind
 
 
 def test_interrupt_leaves_no_temp_and_no_output(tmp_path: Path) -> None:
     out = tmp_path / "new.tiff"
-    with pytest.raises(KeyboardInterrupt):
-        with atomic_output(out, suffix=".tiff") as tmp:
-            tmp.write_bytes(b"x")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), atomic_output(out, suffix=".tiff") as tmp:
+        tmp.write_bytes(b"x")
+        raise KeyboardInterrupt
     assert os.listdir(tmp_path) == []
 
 
@@ -62,7 +63,9 @@ def test_refusals(tmp_path: Path) -> None:
         write_atomic(tmp_path, b"{}", overwrite=True)
     with pytest.raises(InvalidInputError, match=r"output folder .*missing does not exist"):
         write_atomic(tmp_path / "missing" / "x.geojson", b"{}")
-    with pytest.raises(InvalidInputError, match="does not exist; create it first"):
-        with atomic_output(tmp_path / "missing" / "x.png", suffix=".png"):
-            pass  # pragma: no cover - never reached
+    with (
+        pytest.raises(InvalidInputError, match="does not exist; create it first"),
+        atomic_output(tmp_path / "missing" / "x.png", suffix=".png"),
+    ):
+        pass  # pragma: no cover - never reached
     assert sorted(os.listdir(tmp_path)) == ["exists"]

@@ -41,8 +41,8 @@ def test_java_random_bound_is_invalid_input() -> None:
         rnd.next_int(0)
 
 
-FORBIDDEN = ("torch", "grpc", "paquo", "connectrpc", "histosic.embed", "histosic.service")
-FORBIDDEN += ("histosic.commands", "histosic.cli")
+FORBIDDEN: tuple[str, ...] = ("torch", "grpc", "paquo", "connectrpc", "histosic.embed")
+FORBIDDEN += ("histosic.service", "histosic.commands", "histosic.cli")
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from histosic.qupath import classification, read_seeds, to_geojson_bytes, write_atomic
+from histosic.atomic import write_atomic
+from histosic.outputs.geojson import to_geojson_bytes
+from histosic.outputs.qupath_classes import classification
+from histosic.outputs.seedfile import read_seeds
 from histosic.store import EmbeddingMeta, Embeddings, read_embeddings, write_embeddings
 
 

@@ -3,8 +3,8 @@
 Times are the best of ``--repeat`` runs, taken in turns.
 
 1. ``Cluster`` on a cached 100k x 512 embedding: in process (``histosic.pipeline.cluster_slide``
-   and, for the GeoJSON variant, ``histosic.qupath.to_geojson_bytes``) vs over gRPC vs over Connect
-   (JSON over HTTP/1.1). Target: server time <= 1.2 x in-process + 10 ms.
+   and, for the GeoJSON variant, ``histosic.outputs.geojson.to_geojson_bytes``) vs over gRPC vs
+   over Connect (JSON over HTTP/1.1). Target: server time <= 1.2 x in-process + 10 ms.
 2. ``GetEmbedding`` of a 200 MB float32 matrix over loopback gRPC with the project's client
    (:func:`histosic.service.client.download_embedding`), and over Connect JSON (base64) for
    comparison. Target (gRPC): >= 1 GB/s.
@@ -31,8 +31,8 @@ from histosic.api.v1 import (
     clustering_pb2_grpc,
     common_pb2,
 )
+from histosic.outputs.geojson import to_geojson_bytes
 from histosic.pipeline import cluster_slide
-from histosic.qupath import to_geojson_bytes
 from histosic.seeds import SeedPoint
 from histosic.service import ServerConfig, create_server
 from histosic.service.client import download_embedding, open_channel

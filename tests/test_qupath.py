@@ -1,4 +1,4 @@
-"""QuPath GeoJSON in and out (histosic.qupath), checked against the rules of QuPath's own reader.
+"""QuPath GeoJSON in and out (histosic.outputs), checked against the rules of QuPath's own reader.
 
 Each rule cites the QuPath source file it comes from (qupath/qupath, qupath-core/src/main/java/
 qupath/lib/...). QuPath itself cannot run here; where Java is installed, the written file is also
@@ -31,22 +31,17 @@ from test_qupath_data import (
     write_seed_file,
 )
 
+from histosic.atomic import write_atomic
 from histosic.errors import InvalidInputError, OutputExistsError
-from histosic.pipeline import SlideClustering, cluster_slide
-from histosic.qupath import (
+from histosic.outputs.geojson import tile_polygons, to_geojson, to_geojson_bytes, write_geojson
+from histosic.outputs.qupath_classes import (
     QUPATH_CLASS_COLORS,
     SUGGESTED_SEED_CLASS,
     class_color,
     classification,
-    iter_features,
-    parse_seeds,
-    read_seeds,
-    tile_polygons,
-    to_geojson,
-    to_geojson_bytes,
-    write_atomic,
-    write_geojson,
 )
+from histosic.outputs.seedfile import iter_features, parse_seeds, read_seeds
+from histosic.pipeline import SlideClustering, cluster_slide
 from histosic.seeds import SeedPoint
 from histosic.store import Embeddings
 
@@ -372,7 +367,7 @@ def test_tiles_cover_exactly_the_tissue_patches_without_overlap(
     hole = shapely.box(64, 32, 64 + 8 * STRIDE, 32 + 6 * STRIDE)  # the block with no patches
     assert union.intersection(hole).area < 0.5 * hole.area
     cells = shapely.union_all(
-        shapely.box(*tile_polygons(emb).T)  # type: ignore[arg-type]
+        shapely.box(*tile_polygons(emb).T)
     )
     assert math.isclose(union.symmetric_difference(cells).area, 0.0, abs_tol=1e-6)
     # Round trip: the class of each tile is the clustering's class of its patch.
@@ -496,7 +491,7 @@ def test_write_refuses_existing_output_and_leaves_no_temp_files(
         write_geojson(out, coll)
     assert out.read_bytes() == first
     # A failure while serialising leaves the existing file as it was.
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidInputError, match="NaN"):
         write_geojson(
             out, {"type": "FeatureCollection", "features": [float("nan")]}, overwrite=True
         )
@@ -605,7 +600,8 @@ def test_output_parses_with_gson_like_qupath(
 def test_core_modules_import_no_torch_grpc_or_paquo() -> None:
     code = (
         "import sys\n"
-        "import histosic.qupath, histosic.seeds, histosic.pipeline, histosic.overlay\n"
+        "import histosic.outputs.geojson, histosic.outputs.seedfile, histosic.seeds\n"
+        "import histosic.pipeline, histosic.outputs.overlay, histosic.outputs.raster\n"
         "import histosic.commands.cluster\n"
         "print(sorted(m for m in ('torch', 'grpc', 'paquo') if m in sys.modules))"
     )

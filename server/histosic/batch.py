@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from histosic import __version__
+from histosic.atomic import write_text_atomic
 from histosic.errors import (
     EmbeddingNotFoundError,
     HistosicError,
@@ -32,7 +33,7 @@ from histosic.errors import (
     PreconditionError,
     ProjectNotFoundError,
 )
-from histosic.qupath import SUGGESTED_SEED_CLASS
+from histosic.outputs.qupath_classes import SUGGESTED_SEED_CLASS
 from histosic.seeds import SeedPoint
 
 __all__ = [
@@ -199,8 +200,8 @@ def run_batch(
         ) from err
 
     from histosic.catalog import EmbeddingCatalog
+    from histosic.outputs.geojson import to_geojson
     from histosic.pipeline import cluster_slide
-    from histosic.qupath import to_geojson
     from histosic.store import read_embeddings
 
     if output not in ("tiles", "detections", "regions", "both"):
@@ -294,7 +295,5 @@ def run_batch(
     else:
         folder = project_path.parent if project_path.is_file() else project_path
         target = folder / f"histosic-batch-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    tmp = target.with_name(target.name + ".partial")
-    tmp.write_text(json.dumps(asdict(report), indent=2))
-    os.replace(tmp, target)
+    write_text_atomic(target, json.dumps(asdict(report), indent=2), overwrite=True)
     return report

@@ -11,11 +11,8 @@ measures what that trades (trustworthiness against full UMAP).
 from __future__ import annotations
 
 import logging
-import os
 import time
-import uuid
 import warnings
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,7 +29,6 @@ __all__ = [
     "embed_3d",
     "patch_colors",
     "render_colors",
-    "save_png",
     "scale_to_rgb",
 ]
 
@@ -212,7 +208,7 @@ def colors_geojson(
     QuPath reads ``properties.color`` as the object's own colour; the three colour channels are
     also stored as measurements (``histosic: <method> 1..3``) so they can be plotted in QuPath.
     """
-    from histosic.qupath import tile_polygons
+    from histosic.outputs.geojson import tile_polygons, uuid4_strings
 
     c = np.asarray(colors)
     if c.shape != (emb.n_patches, 3):
@@ -221,11 +217,12 @@ def colors_geojson(
     rgb = c.astype(int).tolist()
     label = method.upper()
     features: list[dict[str, Any]] = []
-    for (x0, y0, x1, y1), col in zip(boxes, rgb, strict=True):
+    ids = uuid4_strings(emb.n_patches)
+    for (x0, y0, x1, y1), col, fid in zip(boxes, rgb, ids, strict=True):
         features.append(
             {
                 "type": "Feature",
-                "id": str(uuid.uuid4()),
+                "id": fid,
                 "geometry": {
                     "type": "Polygon",
                     "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]],
@@ -254,6 +251,9 @@ def render_colors(
 ) -> npt.NDArray[np.uint8]:
     """Paint each patch's central cell in its colour on a white (or given) image.
 
+    Painted by :func:`histosic.outputs.raster.paint_patches`; write the result with
+    :func:`histosic.outputs.raster.write_png`.
+
     Parameters
     ----------
     emb : Embeddings
@@ -269,39 +269,22 @@ def render_colors(
     -------
     ndarray of shape (h, w, 3), uint8
     """
-    from histosic.qupath import tile_polygons
+    from histosic.outputs.raster import composite, paint_patches
 
-    c = np.asarray(colors, dtype=np.float64)
+    c = np.asarray(colors)
     if c.shape != (emb.n_patches, 3):
         raise InvalidInputError(f"colors must have shape ({emb.n_patches}, 3), got {c.shape}")
     W, H = emb.meta.level0_width, emb.meta.level0_height
     if background is not None:
-        img = np.asarray(background, dtype=np.float64)[..., :3].copy()
-        h, w = img.shape[:2]
+        base = np.asarray(background, dtype=np.uint8)[..., :3]
+        h, w = base.shape[:2]
     else:
         s = max_size / max(W, H, 1)
         w, h = max(1, round(W * s)), max(1, round(H * s))
-        img = np.full((h, w, 3), 255.0)
-    sx, sy = w / max(W, 1), h / max(H, 1)
+        base = np.full((h, w, 3), 255, dtype=np.uint8)
     a = alpha if background is not None else 1.0
-    boxes = tile_polygons(emb)
-    for (x0, y0, x1, y1), col in zip(boxes, c, strict=True):
-        r0, r1 = int(y0 * sy), max(int(y0 * sy) + 1, int(round(y1 * sy)))
-        c0, c1 = int(x0 * sx), max(int(x0 * sx) + 1, int(round(x1 * sx)))
-        img[r0:r1, c0:c1] = (1 - a) * img[r0:r1, c0:c1] + a * col
-    return np.asarray(np.clip(img, 0, 255), dtype=np.uint8)
-
-
-def save_png(
-    path: str | os.PathLike[str], image: npt.NDArray[np.uint8], *, overwrite: bool = False
-) -> Path:
-    """Write an RGB image as PNG atomically."""
-    import io
-
-    from PIL import Image
-
-    from histosic.qupath import write_atomic
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return write_atomic(path, buf.getvalue(), overwrite=overwrite)
+    rgba = np.empty((emb.n_patches, 4), dtype=np.uint8)
+    rgba[:, :3] = np.clip(c, 0, 255).astype(np.uint8)
+    rgba[:, 3] = int(round(255 * a))
+    layer = paint_patches(emb, rgba, (w, h), (w / max(W, 1), h / max(H, 1)))
+    return composite(base, layer)

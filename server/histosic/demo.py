@@ -117,6 +117,7 @@ def make_demo_slide(
     from PIL import Image, ImageDraw, ImageFilter
 
     from histosic.mosaic import write_pyramid_tiff
+    from histosic.outputs.raster import write_png
 
     w, h = size
     if w < 256 or h < 256:
@@ -170,9 +171,7 @@ def make_demo_slide(
     slide.parent.mkdir(parents=True, exist_ok=True)
     write_pyramid_tiff(slide, rgb, mpp=mpp)
     mask_path = slide.with_name(slide.stem + "_mask.png")
-    tmp = mask_path.with_name(mask_path.name + ".partial")
-    Image.fromarray(lesion.astype(np.uint8) * 255).save(tmp, format="PNG")
-    os.replace(tmp, mask_path)
+    write_png(mask_path, lesion.astype(np.uint8) * 255, overwrite=True)
     return slide, mask_path
 
 
@@ -284,12 +283,15 @@ def run_demo(
     from PIL import Image
 
     from histosic import sic
-    from histosic.colors import colors_geojson, patch_colors, render_colors, save_png
+    from histosic.atomic import write_atomic
+    from histosic.colors import colors_geojson, patch_colors, render_colors
     from histosic.embed.pipeline import embed_slide
     from histosic.evaluate import all_positive_f1, binary_scores, load_truth
-    from histosic.overlay import slide_thumbnail, write_overlay
+    from histosic.outputs.geojson import to_geojson_bytes, write_geojson
+    from histosic.outputs.overlay import write_overlay
+    from histosic.outputs.raster import slide_thumbnail, write_png
+    from histosic.outputs.seedfile import read_seeds
     from histosic.pipeline import cluster_slide
-    from histosic.qupath import read_seeds, to_geojson, write_atomic, write_geojson
     from histosic.store import read_embeddings
     from histosic.tiling import TilingConfig
 
@@ -370,8 +372,8 @@ def run_demo(
     paper_f1 = binary_scores(truth.labels, paper.labels == paper.result.positive)["f1"]
 
     outputs: dict[str, Path] = {"seeds": seeds_path, "embeddings": emb_path}
-    outputs["geojson"] = write_geojson(
-        out / "clusters.geojson", to_geojson(emb, clustering, output="both"), overwrite=True
+    outputs["geojson"] = write_atomic(
+        out / "clusters.geojson", to_geojson_bytes(emb, clustering, output="both"), overwrite=True
     )
     outputs["overlay"] = write_overlay(
         out / "overlay.png",
@@ -390,7 +392,7 @@ def run_demo(
     s = min(1.0, 1600 / max(w, h))
     thumb = slide_thumbnail(slide, (max(1, round(w * s)), max(1, round(h * s))), mpp=slide_mpp)
     background = None if thumb is None else np.asarray(thumb.convert("RGB"), dtype=np.uint8)
-    outputs["colors png"] = save_png(
+    outputs["colors png"] = write_png(
         out / "colors.png",
         render_colors(emb, colours, background=background, alpha=0.8),
         overwrite=True,

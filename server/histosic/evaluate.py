@@ -31,8 +31,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from histosic.atomic import atomic_output, write_text_atomic
 from histosic.config import DEFAULT_MODEL
 from histosic.errors import InvalidInputError, SlideNotFoundError
+from histosic.outputs.raster import write_png
 
 if TYPE_CHECKING:
     from histosic.sic import ClusterResult, Preprocess
@@ -845,14 +847,8 @@ def write_markdown(
             )
     text = "\n".join(lines) + "\n"
     if path is not None:
-        _atomic_write(Path(path), text)
+        write_text_atomic(path, text, overwrite=True)
     return text
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def plot_f1(summaries: Sequence[Summary], path: str | os.PathLike[str]) -> Path:
@@ -904,10 +900,11 @@ def plot_f1(summaries: Sequence[Summary], path: str | os.PathLike[str]) -> Path:
     fig.legend(handles, labels, fontsize=7, loc="center right", frameon=False)
     fig.tight_layout(rect=(0, 0, 1 - 3.3 / (4.8 * len(models) + 3.5), 1))
     out = Path(path)
-    tmp = out.with_name(out.name + ".partial.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, out)
+    try:
+        with atomic_output(out, overwrite=True, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
     return out
 
 
@@ -923,26 +920,26 @@ def draw_overlay(
 ) -> Path:
     """Thumbnail with predicted positive patches (red tint), truth outline (yellow), seeds.
 
-    Each patch is drawn as its central stride x stride cell so overlapping patches do not stack.
-    Seeds: green dots positive, blue dots negative.
+    Each patch is drawn as its central stride x stride cell so overlapping patches do not stack
+    (:func:`histosic.outputs.raster.paint_patches`). Seeds: green dots positive, blue negative.
     """
     from PIL import Image, ImageDraw
+
+    from histosic.outputs.raster import composite, paint_patches
 
     th, tw = thumbnail.shape[:2]
     meta = emb.meta
     fx, fy = tw / meta.level0_width, th / meta.level0_height
-    base = Image.fromarray(thumbnail).convert("RGBA")
-    layer = Image.new("RGBA", base.size, (0, 0, 0, 0))
-    draw = ImageDraw.Draw(layer)
     p = np.asarray(pred)
     s = np.asarray(seeds)
     ctr = emb.centers()
-    half = max(meta.stride_level0, 1) / 2.0
-    for i in range(emb.n_patches):
-        cx, cy = ctr[i]
-        box = ((cx - half) * fx, (cy - half) * fy, (cx + half) * fx, (cy + half) * fy)
-        draw.rectangle(box, fill=(230, 30, 30, 110) if p[i] == 1 else (40, 90, 230, 45))
-    img = Image.alpha_composite(base, layer)
+    rgba = np.where(
+        (p == 1)[:, None],
+        np.array([230, 30, 30, 110], np.uint8),
+        np.array([40, 90, 230, 45], np.uint8),
+    ).astype(np.uint8)
+    layer = paint_patches(emb, rgba, (tw, th), (fx, fy))
+    img = Image.fromarray(composite(thumbnail, layer)).convert("RGBA")
     if truth_region is not None:
         reg = Image.fromarray(truth_region.astype(np.uint8) * 255).resize(
             (tw, th), Image.Resampling.NEAREST
@@ -961,11 +958,7 @@ def draw_overlay(
         draw.ellipse((cx - rad, cy - rad, cx + rad, cy + rad), fill=colour, outline=(0, 0, 0, 255))
     if title:
         draw.text((5, 5), title, fill=(0, 0, 0, 255))
-    out = Path(path)
-    tmp = out.with_name(out.name + ".partial.png")
-    img.convert("RGB").save(tmp)
-    os.replace(tmp, out)
-    return out
+    return write_png(path, img.convert("RGB"), overwrite=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1076,16 +1069,9 @@ def embed_cached(case: Case, model: str, cfg: EvalConfig) -> Path:
 
 
 def _thumbnail(case: Case, max_size: int = 1024) -> npt.NDArray[np.uint8]:
-    from histosic.slides import open_slide
+    from histosic.outputs.raster import read_thumbnail
 
-    slide = open_slide(case.slide, mpp=case.mpp)
-    try:
-        thumb = slide.get_thumbnail(max_size)
-    finally:
-        close = getattr(slide, "close", None)
-        if callable(close):
-            close()
-    return np.asarray(thumb.convert("RGB") if hasattr(thumb, "convert") else thumb, dtype=np.uint8)
+    return np.asarray(read_thumbnail(case.slide, max_size, mpp=case.mpp), dtype=np.uint8)
 
 
 def _truth_region(case: Case) -> npt.NDArray[np.bool_] | None:
@@ -1222,7 +1208,7 @@ def evaluate_cases(
         "paired": paired,
         "runs": [asdict(r) for r in records],
     }
-    _atomic_write(out / "results.json", json.dumps(result, indent=1))
+    write_text_atomic(out / "results.json", json.dumps(result, indent=1), overwrite=True)
     write_markdown(summaries, out / "results.md", paired=paired)
     try:
         plot_f1(summaries, out / "f1_vs_seeds.png")

@@ -27,7 +27,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from histosic.atomic import atomic_output, write_text_atomic
 from histosic.errors import InvalidInputError, OutputExistsError, SlideNotFoundError
+from histosic.outputs.raster import write_png
 
 __all__ = [
     "LABEL_NAMES",
@@ -249,7 +251,6 @@ def write_pyramid_tiff(
     if not mpp > 0:
         raise InvalidInputError(f"mpp must be positive, got {mpp}")
     out = Path(path)
-    tmp = out.with_name(out.name + ".partial")
     levels = [rgb]
     while max(levels[-1].shape[:2]) > tile:
         h, w = levels[-1].shape[:2]
@@ -257,39 +258,25 @@ def write_pyramid_tiff(
             (max(w // 2, 1), max(h // 2, 1)), Image.Resampling.BILINEAR
         )
         levels.append(np.asarray(im, dtype=np.uint8))
-    try:
-        with tifffile.TiffWriter(tmp, bigtiff=False) as tw:
-            for i, level in enumerate(levels):
-                scale = 2**i
-                px_per_cm = 1e4 / (mpp * scale)
-                tw.write(
-                    level,
-                    photometric="rgb",
-                    tile=(tile, tile),
-                    compression="zlib",
-                    resolution=(px_per_cm, px_per_cm),
-                    resolutionunit="CENTIMETER",
-                    subfiletype=1 if i else 0,
-                    description=f"histosic mosaic level {i}" if i else "histosic mosaic",
-                    metadata=None,
-                )
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with (
+        atomic_output(out, overwrite=True, suffix=".tiff") as tmp,
+        tifffile.TiffWriter(tmp, bigtiff=False) as tw,
+    ):
+        for i, level in enumerate(levels):
+            scale = 2**i
+            px_per_cm = 1e4 / (mpp * scale)
+            tw.write(
+                level,
+                photometric="rgb",
+                tile=(tile, tile),
+                compression="zlib",
+                resolution=(px_per_cm, px_per_cm),
+                resolutionunit="CENTIMETER",
+                subfiletype=1 if i else 0,
+                description=f"histosic mosaic level {i}" if i else "histosic mosaic",
+                metadata=None,
+            )
     return out
-
-
-def _save_png(path: Path, array: npt.NDArray[np.uint8]) -> None:
-    from PIL import Image
-
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def build_mosaic(
@@ -355,8 +342,8 @@ def build_mosaic(
         placed.append(PlacedTile(source=str(src.image), x=x, y=y, width=w, height=h))
 
     write_pyramid_tiff(slide, canvas, mpp=mpp)
-    _save_png(mask_path, np.where(labels == 1, 255, 0).astype(np.uint8))
-    _save_png(labels_path, labels)
+    write_png(mask_path, np.where(labels == 1, 255, 0).astype(np.uint8), overwrite=True)
+    write_png(labels_path, labels, overwrite=True)
     layout: dict[str, Any] = {
         "slide": slide.name,
         "width": width,
@@ -365,9 +352,7 @@ def build_mosaic(
         "labels": LABEL_NAMES,
         "tiles": [asdict(p) for p in placed],
     }
-    tmp = layout_path.with_name(layout_path.name + ".partial")
-    tmp.write_text(json.dumps(layout, indent=1))
-    os.replace(tmp, layout_path)
+    write_text_atomic(layout_path, json.dumps(layout, indent=1), overwrite=True)
     tissue = int(np.count_nonzero(labels))
     log.info(
         "mosaic %s: %d tiles, %dx%d px, tumour %.2f of tissue",

@@ -6,7 +6,6 @@ import argparse
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 __all__ = ["register", "run"]
 
@@ -92,29 +91,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=run)
 
 
-def _labels_csv(emb: Any, clustering: Any) -> bytes:
-    import numpy as np
-
-    centres = emb.centers()
-    names = clustering.label_names()
-    conf = np.asarray(clustering.confidence, dtype=np.float64)
-    lines = ["x,y,class,confidence"]
-    lines.extend(
-        f"{x:.1f},{y:.1f},{_csv_field(n)},{c:.4f}"
-        for (x, y), n, c in zip(centres.tolist(), names, conf.tolist(), strict=True)
-    )
-    return ("\n".join(lines) + "\n").encode("utf-8")
-
-
-def _csv_field(text: str) -> str:
-    if any(ch in text for ch in ',"\n'):
-        return '"' + text.replace('"', '""') + '"'
-    return text
-
-
 def run(args: argparse.Namespace) -> int:
     from histosic.errors import InvalidInputError, OutputExistsError
-    from histosic.qupath import read_seeds
+    from histosic.outputs.seedfile import read_seeds
     from histosic.store import read_meta
 
     start = time.perf_counter()
@@ -139,7 +118,10 @@ def run(args: argparse.Namespace) -> int:
 
         return int(cluster_via_server(args.server, args=args, seed_file=seed_file))
 
-    from histosic import pipeline, qupath
+    from histosic import pipeline
+    from histosic.atomic import write_atomic
+    from histosic.outputs.geojson import to_geojson_bytes
+    from histosic.outputs.labels_csv import write_labels_csv
     from histosic.store import read_embeddings
 
     t_read = time.perf_counter()
@@ -162,14 +144,14 @@ def run(args: argparse.Namespace) -> int:
     )
     print(clustering.summary())
     t_write = time.perf_counter()
-    data = qupath.to_geojson_bytes(emb, clustering, output=args.output, suggest_points=True)
-    qupath.write_atomic(args.out, data, overwrite=args.overwrite)
+    data = to_geojson_bytes(emb, clustering, output=args.output, suggest_points=True)
+    write_atomic(args.out, data, overwrite=args.overwrite)
     written = [f"{args.out} ({len(data) / 1e6:.1f} MB, {args.output})"]
     if args.labels_csv is not None:
-        qupath.write_atomic(args.labels_csv, _labels_csv(emb, clustering), overwrite=args.overwrite)
+        write_labels_csv(args.labels_csv, emb, clustering, overwrite=args.overwrite)
         written.append(str(args.labels_csv))
     if args.overlay is not None:
-        from histosic.overlay import write_overlay
+        from histosic.outputs.overlay import write_overlay
 
         write_overlay(
             args.overlay, emb, clustering, overwrite=args.overwrite, slide_path=args.slide

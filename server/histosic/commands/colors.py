@@ -40,9 +40,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from histosic.colors import colors_geojson, patch_colors, render_colors, save_png
+    from histosic.colors import colors_geojson, patch_colors, render_colors
     from histosic.errors import InvalidInputError, OutputExistsError
-    from histosic.qupath import write_geojson
+    from histosic.outputs.geojson import write_geojson
+    from histosic.outputs.raster import slide_thumbnail, write_png
     from histosic.store import read_embeddings
 
     if args.out is None and args.png is None:
@@ -62,8 +63,6 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"detections: {args.out}")
     if args.png is not None:
-        from histosic.overlay import slide_thumbnail
-
         w, h = emb.meta.level0_width, emb.meta.level0_height
         s = min(1.0, args.max_size / max(w, h, 1))
         size = (max(1, round(w * s)), max(1, round(h * s)))
@@ -71,6 +70,6 @@ def run(args: argparse.Namespace) -> int:
         thumb = slide_thumbnail(slide, size, mpp=emb.meta.mpp)
         background = None if thumb is None else np.asarray(thumb.convert("RGB"), dtype=np.uint8)
         image = render_colors(emb, rgb, max_size=args.max_size, background=background)
-        save_png(args.png, image, overwrite=args.overwrite)
+        write_png(args.png, image, overwrite=args.overwrite)
         print(f"picture: {args.png}")
     return 0

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from histosic.atomic import atomic_output
 from histosic.embed.registry import IMAGENET_MEAN, IMAGENET_STD
 from histosic.errors import InvalidInputError, NoTissueError, OutputExistsError
 
@@ -378,12 +379,8 @@ def _lr_at(step: int, total: int, peak: float) -> float:
 
 def _save_checkpoint(path: Path, model: _SimCLR, meta: dict[str, Any]) -> None:
     state = {k: v.detach().float().cpu() for k, v in model.backbone.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_output(path, overwrite=True, suffix=".pt") as tmp:
         torch.save({"state_dict": state, "histosic": meta}, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def pretrain_simclr(

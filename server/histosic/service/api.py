@@ -1,7 +1,7 @@
 """The one implementation of the histosic.v1 services, shared by gRPC and Connect.
 
 Methods take and return the generated ``_pb2`` messages; they only check and convert the request,
-call the core (:mod:`histosic.pipeline`, :mod:`histosic.qupath`, :mod:`histosic.embed`,
+call the core (:mod:`histosic.pipeline`, :mod:`histosic.outputs`, :mod:`histosic.embed`,
 :mod:`histosic.colors`) and convert the result. Errors are raised as :mod:`histosic.errors`
 classes; the protocol adapters map them to status codes with
 :func:`histosic.service.status.status_of`.
@@ -452,7 +452,7 @@ class HistosicApi:
                     confidence=float(conf[i]),
                 )
         if geojson_kind != "none":
-            from histosic.qupath import to_geojson_bytes
+            from histosic.outputs.geojson import to_geojson_bytes
 
             resp.geojson = to_geojson_bytes(emb, sc, output=geojson_kind).decode("utf-8")
         return resp

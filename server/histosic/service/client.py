@@ -330,7 +330,7 @@ def cluster_via_server(address: str, *, args: argparse.Namespace, seed_file: Any
     ``args.embeddings`` is an embedding file present locally (then the server finds its own copy
     by the slide's fingerprint and the model) or an embedding id the server knows.
     """
-    from histosic import qupath
+    from histosic.outputs.geojson import write_geojson
     from histosic.store import read_embeddings, read_meta
 
     local: Path = Path(args.embeddings)
@@ -366,21 +366,19 @@ def cluster_via_server(address: str, *, args: argparse.Namespace, seed_file: Any
     )
     print(remote.summary())
     assert remote.geojson is not None  # output is never "none" here
-    qupath.write_geojson(args.out, remote.geojson, overwrite=args.overwrite)
+    write_geojson(args.out, remote.geojson, overwrite=args.overwrite)
     written = [f"{args.out} ({len(remote.geojson['features'])} objects, {args.output})"]
     if emb is not None:
         clustering = to_slide_clustering(
             remote, emb, seed_file.points, positive=args.positive, multiclass=args.multiclass
         )
         if args.labels_csv is not None:
-            from histosic.commands.cluster import _labels_csv
+            from histosic.outputs.labels_csv import write_labels_csv
 
-            qupath.write_atomic(
-                args.labels_csv, _labels_csv(emb, clustering), overwrite=args.overwrite
-            )
+            write_labels_csv(args.labels_csv, emb, clustering, overwrite=args.overwrite)
             written.append(str(args.labels_csv))
         if args.overlay is not None:
-            from histosic.overlay import write_overlay
+            from histosic.outputs.overlay import write_overlay
 
             write_overlay(
                 args.overlay, emb, clustering, overwrite=args.overwrite, slide_path=args.slide

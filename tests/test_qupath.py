@@ -366,9 +366,7 @@ def test_tiles_cover_exactly_the_tissue_patches_without_overlap(
     assert np.allclose(centroids, emb.centers())
     hole = shapely.box(64, 32, 64 + 8 * STRIDE, 32 + 6 * STRIDE)  # the block with no patches
     assert union.intersection(hole).area < 0.5 * hole.area
-    cells = shapely.union_all(
-        shapely.box(*tile_polygons(emb).T)
-    )
+    cells = shapely.union_all(shapely.box(*tile_polygons(emb).T))
     assert math.isclose(union.symmetric_difference(cells).area, 0.0, abs_tol=1e-6)
     # Round trip: the class of each tile is the clustering's class of its patch.
     names = [f["properties"]["classification"]["name"] for f in tiles]

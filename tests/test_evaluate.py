@@ -10,23 +10,19 @@ import pytest
 from PIL import Image
 
 from histosic.errors import InvalidInputError, SlideNotFoundError
-from histosic.evaluate import (
-    Case,
-    EvalConfig,
-    Truth,
+from histosic.evaluation.protocol import (
     Variant,
     all_positive_f1,
     binary_scores,
-    evaluate_cases,
-    load_truth,
     macro_f1,
     parse_variant,
-    patch_fractions,
     run_protocol,
     sample_seeds,
     seed_candidates,
-    summarize,
 )
+from histosic.evaluation.report import summarize
+from histosic.evaluation.runner import Case, EvalConfig, evaluate_cases
+from histosic.evaluation.truth import Truth, load_truth, patch_fractions
 
 
 def test_patch_fractions_known_answer() -> None:
@@ -297,7 +293,7 @@ def test_eval_modules_import_no_heavy_libraries() -> None:
     import sys
 
     code = (
-        "import sys, histosic.evaluate, histosic.colors, histosic.mosaic, histosic.demo\n"
+        "import sys, histosic.evaluation.runner, histosic.colors, histosic.mosaic, histosic.demo\n"
         "import histosic.commands.evaluate, histosic.commands.colors\n"
         "import histosic.commands.mosaic, histosic.commands.demo\n"
         "heavy = ('torch', 'grpc', 'umap', 'matplotlib', 'openslide', 'paquo')\n"

@@ -286,7 +286,8 @@ def run_demo(
     from histosic.atomic import write_atomic
     from histosic.colors import colors_geojson, patch_colors, render_colors
     from histosic.embed.pipeline import embed_slide
-    from histosic.evaluate import all_positive_f1, binary_scores, load_truth
+    from histosic.evaluation.protocol import all_positive_f1, binary_scores
+    from histosic.evaluation.truth import load_truth
     from histosic.outputs.geojson import to_geojson_bytes, write_geojson
     from histosic.outputs.overlay import write_overlay
     from histosic.outputs.raster import slide_thumbnail, write_png

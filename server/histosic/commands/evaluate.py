@@ -93,13 +93,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from histosic.errors import InvalidInputError
-    from histosic.evaluate import (
-        Case,
-        EvalConfig,
-        default_cache_dir,
-        evaluate_cases,
-        parse_variant,
-    )
+    from histosic.evaluation.protocol import parse_variant
+    from histosic.evaluation.runner import Case, EvalConfig, default_cache_dir, evaluate_cases
     from histosic.mosaic import LABEL_NAMES
 
     try:

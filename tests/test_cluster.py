@@ -22,8 +22,8 @@ from test_qupath_data import (
 )
 
 from histosic import cli
+from histosic.cluster import SlideClustering, cluster_slide
 from histosic.overlay import render_overlay
-from histosic.pipeline import SlideClustering, cluster_slide
 from histosic.qupath import class_color, read_seeds
 from histosic.store import Embeddings, read_embeddings, write_embeddings
 

@@ -9,17 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from histosic.cluster.metrics import all_positive_f1, binary_scores, macro_f1
 from histosic.errors import InvalidInputError, SlideNotFoundError
 from histosic.evaluate import (
     Case,
     EvalConfig,
     Truth,
     Variant,
-    all_positive_f1,
-    binary_scores,
     evaluate_cases,
     load_truth,
-    macro_f1,
     parse_variant,
     patch_fractions,
     run_protocol,

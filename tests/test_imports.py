@@ -8,7 +8,13 @@ import sys
 
 import pytest
 
-CORE = ["histosic.sic", "histosic.store", "histosic.slides", "histosic.tiling"]
+CORE = [
+    "histosic.cluster",
+    "histosic.cluster.engine",
+    "histosic.store",
+    "histosic.slides",
+    "histosic.tiling",
+]
 HEAVY = ["torch", "grpc", "paquo", "openslide", "tiffslide", "skimage"]
 
 

@@ -31,8 +31,8 @@ from test_qupath_data import (
     write_seed_file,
 )
 
+from histosic.cluster import SlideClustering, cluster_slide
 from histosic.errors import InvalidInputError, OutputExistsError
-from histosic.pipeline import SlideClustering, cluster_slide
 from histosic.qupath import (
     QUPATH_CLASS_COLORS,
     SUGGESTED_SEED_CLASS,
@@ -605,7 +605,7 @@ def test_output_parses_with_gson_like_qupath(
 def test_core_modules_import_no_torch_grpc_or_paquo() -> None:
     code = (
         "import sys\n"
-        "import histosic.qupath, histosic.seeds, histosic.pipeline, histosic.overlay\n"
+        "import histosic.qupath, histosic.seeds, histosic.cluster, histosic.overlay\n"
         "import histosic.commands.cluster\n"
         "print(sorted(m for m in ('torch', 'grpc', 'paquo') if m in sys.modules))"
     )

@@ -34,7 +34,7 @@ from histosic.api.v1 import (
     embedding_pb2,
     embedding_pb2_grpc,
 )
-from histosic.pipeline import cluster_slide
+from histosic.cluster import cluster_slide
 from histosic.seeds import SeedPoint
 from histosic.service import ServerConfig, create_server
 from histosic.service.server import HistosicServer

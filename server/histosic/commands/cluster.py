@@ -1,4 +1,4 @@
-"""``histosic cluster``: cluster one embedding file from QuPath seed points, locally."""
+"""``histosic cluster``: cluster an embedding file from QuPath seed points (here or on a server)."""
 
 from __future__ import annotations
 

@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from histosic.pipeline import cluster_slide  # warm imports for the in-process stages
+    from histosic.cluster import cluster_slide  # warm imports for the in-process stages
 
     print(f"histosic cluster end to end, features dim {args.dim}, best of {args.repeats}")
     header = (

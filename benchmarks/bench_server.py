@@ -2,7 +2,7 @@
 
 Times are the best of ``--repeat`` runs, taken in turns.
 
-1. ``Cluster`` on a cached 100k x 512 embedding: in process (``histosic.pipeline.cluster_slide``
+1. ``Cluster`` on a cached 100k x 512 embedding: in process (``histosic.cluster.cluster_slide``
    and, for the GeoJSON variant, ``histosic.outputs.geojson.to_geojson_bytes``) vs over gRPC vs
    over Connect (JSON over HTTP/1.1). Target: server time <= 1.2 x in-process + 10 ms.
 2. ``GetEmbedding`` of a 200 MB float32 matrix over loopback gRPC with the project's client
@@ -31,8 +31,8 @@ from histosic.api.v1 import (
     clustering_pb2_grpc,
     common_pb2,
 )
+from histosic.cluster import DEFAULT_METHOD, cluster_slide
 from histosic.outputs.geojson import to_geojson_bytes
-from histosic.pipeline import cluster_slide
 from histosic.seeds import SeedPoint
 from histosic.service import ServerConfig, create_server
 from histosic.service.client import download_embedding, open_channel
@@ -95,7 +95,9 @@ def main() -> int:
     ap.add_argument("--patches", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--method", default=None, help="clustering method (default: the default)")
+    ap.add_argument(
+        "--method", default=DEFAULT_METHOD, help="clustering method (default: %(default)s)"
+    )
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="histosic-bench-") as tmp:
@@ -116,7 +118,7 @@ def main() -> int:
             f"{'gRPC/in':>8} {'Conn/in':>8} {'target':>8}"
         )
         for geojson in ("none", "tiles"):
-            method = args.method or ""
+            method = args.method
 
             def in_process(geojson: str = geojson) -> None:
                 sc = cluster_slide(emb, pts, method=args.method)

@@ -5,7 +5,7 @@ seed F1 drops) on the same realistic embeddings, in the same process, side by si
 
 * ``straightforward``: ``sklearn.cluster.KMeans(init=seed means, n_init=1)`` on each split,
   subsets copied with boolean masks, F1 from ``sklearn.metrics`` (what one writes first);
-* ``histosic sic``: :func:`histosic.sic.seeded_iterative_clustering` with ``method="sic"`` and raw
+* ``histosic sic``: :func:`histosic.cluster.seeded_clustering` with ``method="sic"`` and raw
   features (``PAPER_PREPROCESS``), i.e. the same algorithm;
 * ``histosic default``: the product default (method and preprocessing), for reference.
 
@@ -28,11 +28,7 @@ import numpy.typing as npt
 from sklearn.cluster import KMeans
 from sklearn.metrics import f1_score
 
-from histosic.sic import (
-    DEFAULT_METHOD,
-    PAPER_PREPROCESS,
-    seeded_iterative_clustering,
-)
+from histosic.cluster import DEFAULT_METHOD, PAPER_PREPROCESS, ClusterOptions, seeded_clustering
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
@@ -105,15 +101,12 @@ def run(n: int, dim: int, repeat: int) -> None:
     v = np.ones(dim, dtype=np.float32)
     floor, _ = best_time(lambda: X @ v, max(repeat, 5))
     t_plain, (lab_plain, it_plain) = best_time(lambda: straightforward_sic(X, seeds), repeat)
+    paper = ClusterOptions(method="sic", preprocess=PAPER_PREPROCESS, random_state=0)
     t_ours, res = best_time(
-        lambda: seeded_iterative_clustering(
-            X, seeds, method="sic", positive=1, preprocess=PAPER_PREPROCESS, random_state=0
-        ),
+        lambda: seeded_clustering(X, seeds, paper, positive=1),
         repeat,
     )
-    t_default, res_default = best_time(
-        lambda: seeded_iterative_clustering(X, seeds, positive=1, random_state=0), repeat
-    )
+    t_default, res_default = best_time(lambda: seeded_clustering(X, seeds, positive=1), repeat)
     same = float(np.mean(res.labels == lab_plain))
     print(f"\n== {n} x {dim} float32 ({X.nbytes / 1e6:.0f} MB), 5 seeds per class ==")
     print(f"memory floor (one pass over X):       {floor * 1e3:8.1f} ms")

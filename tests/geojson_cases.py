@@ -19,7 +19,7 @@ from test_qupath_data import make_embeddings
 from histosic.store import Embeddings
 
 if TYPE_CHECKING:
-    from histosic.pipeline import SlideClustering
+    from histosic.cluster import SlideClustering
 
 __all__ = ["CASES", "KINDS", "case_inputs", "normalise_ids"]
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from shapely.geometry import MultiPoint, Point, Polygon
 
 from histosic.batch import path_from_uri, run_signature, seeds_from_geometries
+from histosic.cluster import PAPER_PREPROCESS, ClusterOptions
 from histosic.seeds import SeedPoint
 
 
@@ -41,10 +43,14 @@ def test_seeds_from_hierarchy_geometries() -> None:
 def test_run_signature_depends_on_seeds_and_options_only() -> None:
     a = [SeedPoint(1, 2, "Tumor"), SeedPoint(3, 4, "Stroma")]
     b = list(reversed(a))
-    opts = {"positive": "Tumor", "suggest": 0}
+    opts = ClusterOptions()
     assert run_signature(a, "e.h5", opts) == run_signature(b, "e.h5", opts)
     assert run_signature(a, "e.h5", opts) != run_signature(a[:1], "e.h5", opts)
-    assert run_signature(a, "e.h5", opts) != run_signature(a, "e.h5", {**opts, "suggest": 3})
+    assert run_signature(a, "e.h5", opts) != run_signature(a, "e.h5", replace(opts, suggest=3))
+    assert run_signature(a, "e.h5", opts) != run_signature(
+        a, "e.h5", replace(opts, preprocess=PAPER_PREPROCESS)
+    )
+    assert run_signature(a, "e.h5", opts) != run_signature(a, "e.h5", opts, model="other")
     assert run_signature(a, "e.h5", opts) != run_signature(a, "f.h5", opts)
 
 

@@ -22,10 +22,10 @@ from test_qupath_data import (
 )
 
 from histosic import cli
+from histosic.cluster import SlideClustering, cluster_slide
 from histosic.outputs.overlay import render_overlay
 from histosic.outputs.qupath_classes import class_color
 from histosic.outputs.seedfile import read_seeds
-from histosic.pipeline import SlideClustering, cluster_slide
 from histosic.store import Embeddings, read_embeddings, write_embeddings
 
 

@@ -9,12 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from histosic.cluster.metrics import all_positive_f1, binary_scores, macro_f1
 from histosic.errors import InvalidInputError, SlideNotFoundError
 from histosic.evaluation.protocol import (
     Variant,
-    all_positive_f1,
-    binary_scores,
-    macro_f1,
     parse_variant,
     run_protocol,
     sample_seeds,

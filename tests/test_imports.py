@@ -1,4 +1,4 @@
-"""Core modules load neither torch nor grpc nor scikit-learn (docs/ARCHITECTURE.md: import rules)."""
+"""Core modules load neither torch nor grpc nor scikit-learn (docs/ARCHITECTURE.md, imports)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ CORE = [
     "histosic.atomic",
     "histosic.catalog",
     "histosic.cluster",
+    "histosic.cluster.engine",
     "histosic.cluster.slide",
     "histosic.colors",
     "histosic.config",
@@ -62,3 +63,25 @@ def test_embed_commands_import_lazily() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"
+
+
+def test_clustering_imports_numpy_only() -> None:
+    # scikit-learn and scipy load where a step needs them (spreading, PCA, the estimator, the
+    # grid steps), not when the package is imported.
+    code = (
+        "import sys, histosic.cluster\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'sklearn', 'scipy', 'h5py'}))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+def test_client_is_a_library_without_the_command_line() -> None:
+    code = (
+        "import sys, histosic.service.client\n"
+        "print(sorted(m for m in sys.modules if m.startswith('histosic.commands')))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"

@@ -32,6 +32,7 @@ from test_qupath_data import (
 )
 
 from histosic.atomic import write_atomic
+from histosic.cluster import SlideClustering, cluster_slide
 from histosic.errors import InvalidInputError, OutputExistsError
 from histosic.outputs.geojson import tile_polygons, to_geojson, to_geojson_bytes, write_geojson
 from histosic.outputs.qupath_classes import (
@@ -41,7 +42,6 @@ from histosic.outputs.qupath_classes import (
     classification,
 )
 from histosic.outputs.seedfile import iter_features, parse_seeds, read_seeds
-from histosic.pipeline import SlideClustering, cluster_slide
 from histosic.seeds import SeedPoint
 from histosic.store import Embeddings
 
@@ -599,7 +599,7 @@ def test_core_modules_import_no_torch_grpc_or_paquo() -> None:
     code = (
         "import sys\n"
         "import histosic.outputs.geojson, histosic.outputs.seedfile, histosic.seeds\n"
-        "import histosic.pipeline, histosic.outputs.overlay, histosic.outputs.raster\n"
+        "import histosic.cluster, histosic.outputs.overlay, histosic.outputs.raster\n"
         "import histosic.commands.cluster\n"
         "print(sorted(m for m in ('torch', 'grpc', 'paquo') if m in sys.modules))"
     )

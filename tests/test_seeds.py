@@ -191,3 +191,26 @@ def test_large_slide_maps_correctly() -> None:
     m = map_seeds(emb, points)
     assert m.n_used == 500
     assert np.array_equal(m.patch_index, idx)
+
+
+def test_ignored_seeds_carry_the_point_index_even_for_identical_points(
+    grid: tuple[Embeddings, np.ndarray],
+) -> None:
+    # Identical points are equal values: only their position in the input tells them apart, so
+    # the mapping records it (the server echoes each ignored seed's request index and id).
+    emb, truth = grid
+    clicks = seeds_from_truth(emb, truth, 2)
+    outside = SeedPoint(-5.0, 7.0, "Tumor")
+    tumour = _pts(clicks["Tumor"], "Tumor")
+    stroma = _pts(clicks["Stroma"], "Stroma")
+    conflict = SeedPoint(tumour[0].x, tumour[0].y, "Stroma")  # same patch, other class
+    points = [outside, *tumour, SeedPoint(-5.0, 7.0, "Tumor"), *stroma, tumour[0], conflict]
+    m = map_seeds(emb, points)
+    by_index = {i.index: i for i in m.ignored}
+    assert sorted(by_index) == [0, 1, 3, 6, 7]
+    assert all(points[i.index] == i.point for i in m.ignored)
+    assert by_index[0].reason.startswith("outside the slide")
+    assert by_index[3].reason.startswith("outside the slide")
+    # tumour[0] and its identical copy at 6 both sit on the patch that `conflict` also seeds
+    assert {by_index[j].reason.split(":")[0] for j in (1, 6, 7)} == {"conflicting classes"}
+    assert m.n_used == len(points) - 5

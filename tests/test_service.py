@@ -34,7 +34,7 @@ from histosic.api.v1 import (
     embedding_pb2,
     embedding_pb2_grpc,
 )
-from histosic.pipeline import cluster_slide
+from histosic.cluster import cluster_slide
 from histosic.seeds import SeedPoint
 from histosic.service import ServerConfig, create_server
 from histosic.service.server import HistosicServer
@@ -242,6 +242,20 @@ def test_cluster_grpc_matches_in_process(env: Env) -> None:
     tumour = list(resp.class_names).index("Tumor")
     left = local.coords[:, 0] < 20 * 128
     assert (labels[left] == tumour).mean() > 0.9 and (labels[~left] != tumour).mean() > 0.9
+
+
+def test_cluster_echoes_index_and_id_of_identical_ignored_seeds(env: Env) -> None:
+    # Two identical points (equal values, different ids): each ignored seed reports its own
+    # request index and id.
+    off = [clustering_pb2.SeedPoint(x=-10, y=5, class_name="Tumor", id=i) for i in "ab"]
+    req = clustering_pb2.ClusterRequest(
+        embedding=common_pb2.EmbeddingRef(embedding_id="syn.h5"),
+        seeds=[off[0], *_seeds(), off[1]],
+        options=clustering_pb2.ClusterOptions(geojson="none"),
+    )
+    resp = env.clu.Cluster(req, timeout=60)
+    assert [(i.index, i.id) for i in resp.ignored_seeds] == [(0, "a"), (5, "b")]
+    assert resp.n_seeds_used == len(SEEDS)
 
 
 def test_cluster_connect_json(env: Env) -> None:

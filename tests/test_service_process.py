@@ -306,7 +306,7 @@ def test_generated_code_is_current(tmp_path: Path) -> None:
 
 def test_only_service_imports_grpc() -> None:
     code = (
-        "import sys, histosic.sic, histosic.pipeline, histosic.outputs.geojson, histosic.store;"
+        "import sys, histosic.cluster, histosic.outputs.geojson, histosic.store;"
         "print([m for m in ('grpc', 'connectrpc', 'histosic.api') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -2,7 +2,7 @@
 
 A few point seeds placed by a pathologist in QuPath become a dense tissue map of the slide. Patches
 are embedded once by a pretrained network (:mod:`histosic.embed`, the only part that needs torch),
-then clustered locally from the seeds in about a second (:mod:`histosic.sic`).
+then clustered locally from the seeds in about a second (:mod:`histosic.cluster`).
 """
 
 from __future__ import annotations

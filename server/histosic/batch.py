@@ -2,7 +2,7 @@
 
 For each image of the project: find its embedding in a store folder (by the slide's content
 fingerprint, so embeddings made on another machine are found), read the image's classified point
-annotations as seeds, cluster with :func:`histosic.pipeline.cluster_slide`, replace the objects of
+annotations as seeds, cluster with :func:`histosic.cluster.cluster_slide`, replace the objects of
 an earlier histosic run with the new GeoJSON (the same GeoJSON the Groovy script imports, so both
 paths give the same project content), and save. Runs are resumable: an image whose seeds and
 options have not changed since its last run is skipped (the run signature is kept in the image's
@@ -21,10 +21,10 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
-from histosic import __version__
+from histosic import __version__, config
 from histosic.atomic import write_text_atomic
 from histosic.errors import (
     EmbeddingNotFoundError,
@@ -36,10 +36,14 @@ from histosic.errors import (
 from histosic.outputs.qupath_classes import SUGGESTED_SEED_CLASS
 from histosic.seeds import SeedPoint
 
+if TYPE_CHECKING:
+    from histosic.cluster import ClusterOptions
+
 __all__ = [
     "METADATA_KEY",
     "BatchReport",
     "ImageOutcome",
+    "options_record",
     "path_from_uri",
     "run_batch",
     "run_signature",
@@ -69,7 +73,7 @@ class ImageOutcome:
 class BatchReport:
     project: str
     started: str
-    options: dict[str, Any]
+    options: dict[str, object]
     images: list[ImageOutcome] = field(default_factory=list)
     histosic_version: str = __version__
 
@@ -119,12 +123,29 @@ def seeds_from_geometries(objects: Iterable[tuple[Any, str | None]]) -> tuple[li
     return seeds, unclassified
 
 
-def run_signature(seeds: Sequence[SeedPoint], embedding_id: str, options: dict[str, Any]) -> str:
-    """A stable hash of what determines an image's result (seeds, embedding, options)."""
+def options_record(options: ClusterOptions, model: str) -> dict[str, object]:
+    """The run's options as JSON values: every clustering option, and the embedding model.
+
+    Raises
+    ------
+    InvalidInputError
+        A callable metric (it has no JSON form).
+    """
+    if callable(options.metric):
+        raise InvalidInputError(
+            "the batch mode records its options in the project; use a named metric, not a callable"
+        )
+    return {**asdict(options), "model": model}
+
+
+def run_signature(
+    seeds: Sequence[SeedPoint], embedding_id: str, options: ClusterOptions, model: str = ""
+) -> str:
+    """A stable hash of what determines an image's result (seeds, embedding, options, model)."""
     payload = {
         "seeds": sorted((round(s.x, 2), round(s.y, 2), s.class_name) for s in seeds),
         "embedding": embedding_id,
-        "options": options,
+        "options": options_record(options, model),
         "version": __version__,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
@@ -143,13 +164,9 @@ def _is_histosic_object(obj: Any) -> bool:
 
 def run_batch(
     project: str | os.PathLike[str],
+    options: ClusterOptions | None = None,
     *,
     store: str | os.PathLike[str],
-    positive: str = "Tumor",
-    multiclass: bool = False,
-    method: str | None = None,
-    output: str = "tiles",
-    suggest: int = 0,
     model: str = "",
     overwrite: bool = False,
     report_path: str | os.PathLike[str] | None = None,
@@ -161,10 +178,11 @@ def run_batch(
     ----------
     project : path-like
         A QuPath project folder or its ``project.qpproj``.
+    options : ClusterOptions, optional
+        As for ``histosic cluster`` (None = the defaults); ``output`` is what is written into
+        the project and cannot be ``"none"``.
     store : path-like
         Folder with embedding files (``histosic embed --out``).
-    positive, multiclass, method, output, suggest
-        As for ``histosic cluster``.
     model : str, default ""
         Use only embeddings made with this model (default: the newest embedding of each slide).
     overwrite : bool, default False
@@ -182,6 +200,8 @@ def run_batch(
     ------
     PreconditionError
         paquo (or QuPath) is not available.
+    InvalidInputError
+        ``options.output`` is ``"none"``, or the metric is a callable.
     ProjectNotFoundError
         The project does not exist (checked before paquo starts QuPath).
     """
@@ -200,24 +220,20 @@ def run_batch(
         ) from err
 
     from histosic.catalog import EmbeddingCatalog
+    from histosic.cluster import ClusterOptions, cluster_slide
     from histosic.outputs.geojson import to_geojson
-    from histosic.pipeline import cluster_slide
     from histosic.store import read_embeddings
 
-    if output not in ("tiles", "detections", "regions", "both"):
+    opts = ClusterOptions() if options is None else options
+    if opts.output not in config.OUTPUT_KINDS:
         raise InvalidInputError(
-            f"output must be tiles, detections, regions or both, got {output!r}"
+            f"output must be one of {', '.join(config.OUTPUT_KINDS)} (objects to write into the "
+            f"project), got {opts.output!r}"
         )
-    options = {
-        "positive": positive,
-        "multiclass": multiclass,
-        "method": method,
-        "output": output,
-        "suggest": suggest,
-        "model": model,
-    }
     report = BatchReport(
-        project=str(project_path), started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), options=options
+        project=str(project_path),
+        started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        options=options_record(opts, model),
     )
     catalog = EmbeddingCatalog(store)
     with QuPathProject(project_path, mode="r+") as qp:
@@ -253,21 +269,14 @@ def run_batch(
                         f"{slide} --out {catalog.store}` first"
                     )
                 stored = found[0]
-                signature = run_signature(seeds, stored.embedding_id, options)
+                signature = run_signature(seeds, stored.embedding_id, opts, model)
                 if not overwrite and entry.metadata.get(METADATA_KEY) == signature:
                     outcome.status = "skipped"
                     outcome.detail = "seeds and options unchanged since the last run"
                     continue
                 emb = read_embeddings(stored.path)
-                clustering = cluster_slide(
-                    emb,
-                    seeds,
-                    positive=positive,
-                    multiclass=multiclass,
-                    method=method,
-                    suggest=suggest,
-                )
-                geojson = to_geojson(emb, clustering, output=output)
+                clustering = cluster_slide(emb, seeds, opts)
+                geojson = to_geojson(emb, clustering, output=opts.output)
                 features = list(geojson["features"])
                 for obj in [d for d in hierarchy.detections if _is_histosic_object(d)]:
                     hierarchy.detections.discard(obj)

@@ -275,24 +275,23 @@ def run_demo(
         is the product's (no weights to download; on DigestPath image 0 the default clustering
         on it scores best of the offline backbones, docs/EVALUATION.md).
     method : str, optional
-        Clustering method (default: :data:`histosic.sic.DEFAULT_METHOD`).
+        Clustering method (default: :data:`histosic.cluster.DEFAULT_METHOD`).
     generated_size : (int, int)
         Size of the generated slide (smaller is faster; tests use a small one).
     colors_method : {"umap", "pca"}, default "umap"
     """
     from PIL import Image
 
-    from histosic import sic
     from histosic.atomic import write_atomic
+    from histosic.cluster import DEFAULT_METHOD, PAPER_PREPROCESS, ClusterOptions, cluster_slide
+    from histosic.cluster.metrics import all_positive_f1, binary_scores
     from histosic.colors import colors_geojson, patch_colors, render_colors
     from histosic.embed.pipeline import embed_slide
-    from histosic.evaluation.protocol import all_positive_f1, binary_scores
     from histosic.evaluation.truth import load_truth
     from histosic.outputs.geojson import to_geojson_bytes, write_geojson
     from histosic.outputs.overlay import write_overlay
     from histosic.outputs.raster import slide_thumbnail, write_png
     from histosic.outputs.seedfile import read_seeds
-    from histosic.pipeline import cluster_slide
     from histosic.store import read_embeddings
     from histosic.tiling import TilingConfig
 
@@ -363,12 +362,13 @@ def run_demo(
     )
     points = read_seeds(seeds_path).points
 
-    chosen = method or sic.DEFAULT_METHOD
-    clustering = cluster_slide(emb, points, positive=POSITIVE_NAME, method=chosen, suggest=5)
+    chosen = method or DEFAULT_METHOD
+    options = ClusterOptions(method=chosen, positive_class=POSITIVE_NAME, suggest=5)
+    clustering = cluster_slide(emb, points, options)
     pred = clustering.labels == clustering.result.positive
     scores = binary_scores(truth.labels, pred)
     paper = cluster_slide(
-        emb, points, positive=POSITIVE_NAME, method="sic", preprocess=sic.PAPER_PREPROCESS
+        emb, points, options, method="sic", preprocess=PAPER_PREPROCESS, suggest=0
     )
     paper_f1 = binary_scores(truth.labels, paper.labels == paper.result.positive)["f1"]
 

@@ -13,15 +13,18 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
+from histosic.config import DEFAULT_POSITIVE_CLASS
 from histosic.errors import InvalidInputError
-from histosic.store import Embeddings
+
+if TYPE_CHECKING:
+    from histosic.store import Embeddings
 
 __all__ = [
-    "DEFAULT_POSITIVE",
     "IgnoredSeed",
     "SeedMapping",
     "SeedPoint",
@@ -30,7 +33,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_POSITIVE = "Tumor"  # QuPath's built-in class name (PathClass.StandardPathClasses.TUMOR)
 _NEIGHBOURS = 4  # with 50% overlap a point lies in up to 4 patches
 
 
@@ -45,10 +47,20 @@ class SeedPoint:
 
 @dataclass(frozen=True)
 class IgnoredSeed:
-    """A seed point that was not used, and why (a sentence meant for the user)."""
+    """A seed point that was not used, and why (a sentence meant for the user).
+
+    Attributes
+    ----------
+    point : SeedPoint
+    reason : str
+    index : int
+        The point's position in the ``points`` given to :func:`map_seeds` (identical points are
+        told apart by it).
+    """
 
     point: SeedPoint
     reason: str
+    index: int
 
 
 @dataclass
@@ -59,7 +71,7 @@ class SeedMapping:
     ----------
     seeds : ndarray of shape (n_patches,), int64
         SIC class id of each patch, -1 where unseeded (the ``seeds`` argument of
-        :func:`histosic.sic.seeded_iterative_clustering`).
+        :func:`histosic.cluster.seeded_clustering`).
     class_names : tuple of str
         Class name of each class id (index = id). In binary mode id 1 is the positive class and
         id 0 the negative class, which collects every other seed class.
@@ -181,7 +193,7 @@ def map_seeds(
     emb: Embeddings,
     points: Iterable[SeedPoint],
     *,
-    positive: str = DEFAULT_POSITIVE,
+    positive: str = DEFAULT_POSITIVE_CLASS,
     multiclass: bool = False,
 ) -> SeedMapping:
     """Map seed points to the tissue patches that contain them.
@@ -215,38 +227,42 @@ def map_seeds(
     width, height = meta.level0_width, meta.level0_height
     n = emb.n_patches
     ignored: list[IgnoredSeed] = []
-    candidates: list[SeedPoint] = []
-    for p in pts:
+    # Points travel with their index in `pts`, which every IgnoredSeed records.
+    candidates: list[tuple[int, SeedPoint]] = []
+    for at, p in enumerate(pts):
         if not p.class_name.strip():
-            ignored.append(IgnoredSeed(p, "no classification: set a class on the point in QuPath"))
+            ignored.append(
+                IgnoredSeed(p, "no classification: set a class on the point in QuPath", at)
+            )
         elif not (math.isfinite(p.x) and math.isfinite(p.y)):
-            ignored.append(IgnoredSeed(p, f"invalid coordinates: ({p.x}, {p.y})"))
+            ignored.append(IgnoredSeed(p, f"invalid coordinates: ({p.x}, {p.y})", at))
         elif p.x < 0 or p.y < 0 or (width > 0 and p.x >= width) or (height > 0 and p.y >= height):
             ignored.append(
                 IgnoredSeed(
                     p,
                     f"outside the slide: ({p.x:.1f}, {p.y:.1f}) is not inside the "
                     f"{width} x {height} px image",
+                    at,
                 )
             )
         else:
-            candidates.append(p)
+            candidates.append((at, p))
 
     patch_of: list[int] = []
-    located: list[SeedPoint] = []
+    located: list[tuple[int, SeedPoint]] = []
     if candidates and n:
         from scipy.spatial import cKDTree  # scipy is a base dependency; imported here for start-up
 
         centres = emb.centers()
         tree = cKDTree(centres)
-        xy = np.array([[p.x, p.y] for p in candidates], dtype=np.float64)
+        xy = np.array([[p.x, p.y] for _, p in candidates], dtype=np.float64)
         k = min(_NEIGHBOURS, n)
         # Euclidean neighbours within the patch's half-diagonal; keep the nearest that contains the
         # point (Chebyshev distance <= half the patch side).
         dist, idx = tree.query(xy, k=k, distance_upper_bound=half * math.sqrt(2) + 1e-6)
         dist = np.asarray(dist).reshape(len(candidates), k)
         idx = np.asarray(idx).reshape(len(candidates), k)
-        for row, p in enumerate(candidates):
+        for row, (at, p) in enumerate(candidates):
             chosen = -1
             for j in range(k):
                 i = int(idx[row, j])
@@ -262,28 +278,30 @@ def map_seeds(
                         p,
                         "off tissue: no tissue patch contains this point (nearest patch centre "
                         f"{float(d_near):.0f} px away)",
+                        at,
                     )
                 )
             else:
                 patch_of.append(chosen)
-                located.append(p)
+                located.append((at, p))
     else:
-        for p in candidates:
-            ignored.append(IgnoredSeed(p, "off tissue: the embedding file has no patches"))
+        for at, p in candidates:
+            ignored.append(IgnoredSeed(p, "off tissue: the embedding file has no patches", at))
 
     # A patch clicked with two different classes cannot seed either.
     classes_on_patch: dict[int, set[str]] = {}
-    for p, i in zip(located, patch_of, strict=True):
+    for (_, p), i in zip(located, patch_of, strict=True):
         classes_on_patch.setdefault(i, set()).add(p.class_name.strip())
     used: list[SeedPoint] = []
     used_patch: list[int] = []
-    for p, i in zip(located, patch_of, strict=True):
+    for (at, p), i in zip(located, patch_of, strict=True):
         others = classes_on_patch[i] - {p.class_name.strip()}
         if others:
             ignored.append(
                 IgnoredSeed(
                     p,
                     f"conflicting classes: patch {i} is also seeded with {sorted(others)}",
+                    at,
                 )
             )
         else:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from histosic.commands._args import add_cluster_options, cluster_options
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
@@ -21,20 +23,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--store", required=True, help="folder with embedding files (histosic embed --out)"
     )
-    p.add_argument("--positive", default="Tumor", help="positive class name (default: Tumor)")
-    p.add_argument(
-        "--multiclass", action="store_true", help="keep every seed class as its own class"
+    add_cluster_options(
+        p, output_help="objects written into the project", raw_features_and_seed=False
     )
-    p.add_argument(
-        "--method", default=None, help="clustering method (default: the product default)"
-    )
-    p.add_argument(
-        "--output",
-        choices=("tiles", "detections", "regions", "both"),
-        default="tiles",
-        help="objects written into the project (default: tiles)",
-    )
-    p.add_argument("--suggest", type=int, default=0, help="add N suggested next seeds per image")
     p.add_argument("--model", default="", help="use only embeddings of this model")
     p.add_argument("--overwrite", action="store_true", help="re-cluster unchanged images too")
     p.add_argument("--report", default=None, help="where to write the run's JSON report")
@@ -50,12 +41,8 @@ def run(args: argparse.Namespace) -> int:
 
     report = run_batch(
         args.project,
+        cluster_options(args),
         store=args.store,
-        positive=args.positive,
-        multiclass=args.multiclass,
-        method=args.method,
-        output=args.output,
-        suggest=args.suggest,
         model=args.model,
         overwrite=args.overwrite,
         report_path=args.report,

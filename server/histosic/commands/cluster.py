@@ -1,4 +1,4 @@
-"""``histosic cluster``: cluster one embedding file from QuPath seed points, locally."""
+"""``histosic cluster``: cluster an embedding file from QuPath seed points (here or on a server)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,15 @@ import argparse
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from histosic.commands._args import add_cluster_options, cluster_options
+
+if TYPE_CHECKING:
+    from histosic.cluster import ClusterOptions
+    from histosic.outputs.seedfile import SeedFile
 
 __all__ = ["register", "run"]
-
-_METHODS_HELP = "sic (the paper), seeded-kmeans, centroid, logreg, spreading"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,31 +36,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="seed points: GeoJSON as QuPath exports point annotations (level-0 pixels)",
     )
     p.add_argument("--out", type=Path, required=True, help="result GeoJSON file to write")
-    p.add_argument(
-        "--positive",
-        default="Tumor",
-        help="positive class for binary clustering; all other seed classes form the negative "
-        "class (default: %(default)s)",
-    )
-    p.add_argument(
-        "--multiclass", action="store_true", help="keep every seed class as its own class"
-    )
-    p.add_argument(
-        "--method",
-        default=None,
-        help=f"clustering method: {_METHODS_HELP} (default: histosic.sic.DEFAULT_METHOD)",
-    )
-    p.add_argument(
-        "--raw-features",
-        action="store_true",
-        help="cluster the raw embeddings as the paper does (no nuisance regression or smoothing)",
-    )
-    p.add_argument(
-        "--output",
-        choices=("tiles", "detections", "regions", "both"),
-        default="tiles",
-        help="QuPath objects to write: a tile or detection per patch, merged region annotations "
-        "per class, or tiles and regions (default: %(default)s)",
+    add_cluster_options(
+        p,
+        output_help="QuPath objects to write: a tile or detection per patch, merged region "
+        "annotations per class, or tiles and regions",
     )
     p.add_argument("--overlay", type=Path, default=None, metavar="PNG", help="also write a PNG")
     p.add_argument(
@@ -65,21 +49,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="slide file for the overlay background (default: the path in the embedding file)",
     )
     p.add_argument(
-        "--suggest",
-        type=int,
-        default=0,
-        metavar="N",
-        help="add the N most useful new seed positions as points of class "
-        "'histosic: suggested seed'",
-    )
-    p.add_argument(
         "--labels-csv",
         type=Path,
         default=None,
         metavar="CSV",
         help="also write x, y (patch centre, level-0 px), class, confidence per patch",
     )
-    p.add_argument("--random-state", type=int, default=0, help="seed (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument(
         "--server",
@@ -97,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from histosic.store import read_meta
 
     start = time.perf_counter()
+    options = cluster_options(args)  # bad flag values first: they need no file
     # Inputs first, so a typo in an input path is reported before an existing output is.
     seed_file = read_seeds(args.seeds)
     if not args.server:
@@ -108,18 +84,14 @@ def run(args: argparse.Namespace) -> int:
                 raise OutputExistsError(f"output {p} exists; pass --overwrite to replace it")
     if len({os.path.abspath(p) for p in outputs}) != len(outputs):
         raise InvalidInputError("--out, --overlay and --labels-csv must be different files")
-    if args.suggest < 0:
-        raise InvalidInputError(f"--suggest must be 0 or more, got {args.suggest}")
 
     print(seed_file.summary())
 
     if args.server:
-        from histosic.service.client import cluster_via_server
+        return _run_remote(args, seed_file, options)
 
-        return int(cluster_via_server(args.server, args=args, seed_file=seed_file))
-
-    from histosic import pipeline
     from histosic.atomic import write_atomic
+    from histosic.cluster import cluster_slide
     from histosic.outputs.geojson import to_geojson_bytes
     from histosic.outputs.labels_csv import write_labels_csv
     from histosic.store import read_embeddings
@@ -127,26 +99,12 @@ def run(args: argparse.Namespace) -> int:
     t_read = time.perf_counter()
     emb = read_embeddings(args.embeddings)
     read_s = time.perf_counter() - t_read
-    preprocess = None
-    if args.raw_features:
-        from histosic.sic import PAPER_PREPROCESS
-
-        preprocess = PAPER_PREPROCESS
-    clustering = pipeline.cluster_slide(
-        emb,
-        seed_file.points,
-        positive=args.positive,
-        multiclass=args.multiclass,
-        method=args.method,
-        suggest=args.suggest,
-        random_state=args.random_state,
-        preprocess=preprocess,
-    )
+    clustering = cluster_slide(emb, seed_file.points, options)
     print(clustering.summary())
     t_write = time.perf_counter()
-    data = to_geojson_bytes(emb, clustering, output=args.output, suggest_points=True)
+    data = to_geojson_bytes(emb, clustering, output=options.output, suggest_points=True)
     write_atomic(args.out, data, overwrite=args.overwrite)
-    written = [f"{args.out} ({len(data) / 1e6:.1f} MB, {args.output})"]
+    written = [f"{args.out} ({len(data) / 1e6:.1f} MB, {options.output})"]
     if args.labels_csv is not None:
         write_labels_csv(args.labels_csv, emb, clustering, overwrite=args.overwrite)
         written.append(str(args.labels_csv))
@@ -164,4 +122,56 @@ def run(args: argparse.Namespace) -> int:
         f"total {total:.2f} s (read {read_s:.2f} s, cluster {clustering.elapsed_s:.2f} s, "
         f"write {write_s:.2f} s) for {emb.n_patches} patches"
     )
+    return 0
+
+
+def _run_remote(args: argparse.Namespace, seed_file: SeedFile, options: ClusterOptions) -> int:
+    """``--server HOST:PORT``: cluster on the server, write the outputs here.
+
+    ``args.embeddings`` is an embedding file present locally (then the server finds its own copy
+    by the slide's fingerprint and the model) or an embedding id the server knows. The labels CSV
+    and the overlay need the local file: the clustering is rebuilt from the server's answer and it.
+    """
+    from histosic import config
+    from histosic.errors import InvalidInputError
+    from histosic.outputs.geojson import write_geojson
+    from histosic.outputs.labels_csv import write_labels_csv
+    from histosic.service.client import cluster_remote, embedding_ref, to_slide_clustering
+    from histosic.store import read_embeddings
+
+    local: Path = args.embeddings
+    needs_local = args.labels_csv is not None or args.overlay is not None
+    if needs_local and not local.is_file():
+        raise InvalidInputError(
+            f"--labels-csv and --overlay with --server need the embedding file locally; "
+            f"{local} does not exist here"
+        )
+    remote = cluster_remote(
+        args.server,
+        embedding_ref(local),
+        seed_file.points,
+        options,
+        token=config.current().token,
+    )
+    print(remote.summary())
+    if remote.geojson is None:
+        raise InvalidInputError(
+            f"the server at {args.server} sent no GeoJSON for output {options.output!r}"
+        )
+    write_geojson(args.out, remote.geojson, overwrite=args.overwrite)
+    written = [f"{args.out} ({len(remote.geojson['features'])} objects, {options.output})"]
+    if needs_local:
+        emb = read_embeddings(local)
+        clustering = to_slide_clustering(remote, emb, seed_file.points, options)
+        if args.labels_csv is not None:
+            write_labels_csv(args.labels_csv, emb, clustering, overwrite=args.overwrite)
+            written.append(str(args.labels_csv))
+        if args.overlay is not None:
+            from histosic.outputs.overlay import write_overlay
+
+            write_overlay(
+                args.overlay, emb, clustering, overwrite=args.overwrite, slide_path=args.slide
+            )
+            written.append(str(args.overlay))
+    print("wrote " + ", ".join(written))
     return 0

@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
+from histosic.cluster.metrics import binary_scores, macro_f1
 from histosic.errors import InvalidInputError
 from histosic.evaluation.truth import POSITIVE, Truth
 
 if TYPE_CHECKING:
-    from histosic.sic import ClusterResult, Preprocess
+    from histosic.cluster import ClusterResult, Preprocess
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ PREPROCESS_PRESETS: dict[str, tuple[bool, int, bool, int | None]] = {
 
 
 def _preprocess(name: str) -> Preprocess | None:
-    from histosic.sic import Preprocess
+    from histosic.cluster import Preprocess
 
     if name == "default":
         return None
@@ -100,7 +101,7 @@ def parse_variant(spec: str) -> Variant:
 
     Examples: ``sic:pre=none`` (the paper), ``logreg:pre=both``, ``sic:pre=none:stop=strict``.
     """
-    from histosic.sic import METHODS
+    from histosic.cluster import METHODS
 
     parts = [p.strip() for p in spec.split(":") if p.strip()]
     if not parts or parts[0] not in METHODS:
@@ -203,36 +204,6 @@ def seed_candidates(truth: Truth, draw: str, k: int) -> IntArray:
     return out
 
 
-def binary_scores(truth: npt.ArrayLike, pred: npt.ArrayLike) -> dict[str, float]:
-    """F1, precision, recall of the positive class (1) and the predicted positive fraction."""
-    t = np.asarray(truth).astype(bool)
-    p = np.asarray(pred).astype(bool)
-    tp = float(np.sum(t & p))
-    fp = float(np.sum(~t & p))
-    fn = float(np.sum(t & ~p))
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
-    return {
-        "f1": f1,
-        "precision": precision,
-        "recall": recall,
-        "predicted_positive": float(p.mean()) if p.size else 0.0,
-    }
-
-
-def macro_f1(truth: npt.ArrayLike, pred: npt.ArrayLike, classes: Iterable[int]) -> float:
-    """Mean over ``classes`` of the one-vs-rest F1."""
-    t = np.asarray(truth)
-    p = np.asarray(pred)
-    return float(np.mean([binary_scores(t == c, p == c)["f1"] for c in classes]))
-
-
-def all_positive_f1(positive_ratio: float) -> float:
-    """F1 of labelling every patch positive: 2p / (1 + p)."""
-    return 2 * positive_ratio / (1 + positive_ratio) if positive_ratio > 0 else 0.0
-
-
 # --------------------------------------------------------------------------------------------
 # The protocol on one embedding
 # --------------------------------------------------------------------------------------------
@@ -267,20 +238,15 @@ def _cluster(
     positive: int | None,
     random_state: int,
 ) -> ClusterResult:
-    from histosic.sic import seeded_iterative_clustering
+    from histosic.cluster import ClusterOptions, seeded_clustering
 
-    return seeded_iterative_clustering(
-        X,
-        seeds,
-        method=v.method,
-        positive=positive,
-        stop="strict" if v.stop == "strict" else "drop",
-        constrained=v.constrained,
-        nuisance=nuisance,
-        grid=grid,
-        preprocess=_preprocess(v.preprocess),
-        random_state=random_state,
+    options = ClusterOptions(
+        method=v.method, stop=v.stop, constrained=v.constrained, random_state=random_state
     )
+    preprocess = _preprocess(v.preprocess)
+    if preprocess is not None:  # None: the product's default preprocessing
+        options = replace(options, preprocess=preprocess)
+    return seeded_clustering(X, seeds, options, positive=positive, nuisance=nuisance, grid=grid)
 
 
 def _ovr(
@@ -327,7 +293,7 @@ def run_protocol(
     repeats : int, default 5
         Seed draws per k (R in the paper).
     nuisance, grid : optional
-        Passed to :func:`histosic.sic.seeded_iterative_clustering` (tissue/white fractions, grid).
+        Passed to :func:`histosic.cluster.seeded_clustering` (tissue/white fractions, grid).
     slide, model : str
         Names recorded in each :class:`RunRecord`.
     random_state : int, default 0

@@ -14,7 +14,8 @@ import numpy as np
 import numpy.typing as npt
 
 from histosic.atomic import atomic_output, write_text_atomic
-from histosic.evaluation.protocol import RunRecord, all_positive_f1
+from histosic.cluster.metrics import all_positive_f1
+from histosic.evaluation.protocol import RunRecord
 
 if TYPE_CHECKING:
     from histosic.store import Embeddings

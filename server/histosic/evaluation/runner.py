@@ -38,7 +38,7 @@ from histosic.evaluation.report import (
 from histosic.evaluation.truth import load_truth
 
 if TYPE_CHECKING:
-    from histosic.sic import ClusterResult
+    from histosic.cluster import ClusterResult
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from histosic.outputs.qupath_classes import SUGGESTED_SEED_CLASS, classification
 from histosic.store import Embeddings
 
 if TYPE_CHECKING:
-    from histosic.pipeline import SlideClustering
+    from histosic.cluster import SlideClustering
 
 __all__ = [
     "OutputKind",
@@ -327,7 +327,7 @@ def to_geojson(
     emb : Embeddings
         The embeddings that were clustered (for patch positions).
     clustering : SlideClustering
-        From :func:`histosic.pipeline.cluster_slide`.
+        From :func:`histosic.cluster.cluster_slide`.
     output : {"tiles", "detections", "regions", "both"}, default "tiles"
         ``tiles``/``detections``: one object per patch (its central stride x stride cell) with
         objectType ``tile``/``detection``; ``regions``: one ``annotation`` per class with the

@@ -17,7 +17,7 @@ from histosic.atomic import write_atomic
 from histosic.store import Embeddings
 
 if TYPE_CHECKING:
-    from histosic.pipeline import SlideClustering
+    from histosic.cluster import SlideClustering
 
 __all__ = ["csv_field", "labels_csv", "write_labels_csv"]
 

@@ -23,7 +23,7 @@ from histosic.store import Embeddings
 if TYPE_CHECKING:
     from PIL import Image
 
-    from histosic.pipeline import SlideClustering
+    from histosic.cluster import SlideClustering
 
 __all__ = ["render_overlay", "write_overlay"]
 

@@ -1,7 +1,7 @@
 """The one implementation of the histosic.v1 services, shared by gRPC and Connect.
 
 Methods take and return the generated ``_pb2`` messages; they only check and convert the request,
-call the core (:mod:`histosic.pipeline`, :mod:`histosic.outputs`, :mod:`histosic.embed`,
+call the core (:mod:`histosic.cluster`, :mod:`histosic.outputs`, :mod:`histosic.embed`,
 :mod:`histosic.colors`) and convert the result. Errors are raised as :mod:`histosic.errors`
 classes; the protocol adapters map them to status codes with
 :func:`histosic.service.status.status_of`.
@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,8 +27,13 @@ from histosic.errors import (
     PreconditionError,
 )
 from histosic.service.arrays import to_ndarray
+from histosic.service.convert import options_from_proto
 from histosic.service.jobs import EmbedRequest, JobManager, JobSnapshot, JobState
 from histosic.service.paths import SlideResolver
+
+if TYPE_CHECKING:
+    from histosic.cluster import SlideClustering
+    from histosic.store import Embeddings
 
 __all__ = ["CHUNK_BYTES", "MAX_SEEDS", "HistosicApi"]
 
@@ -36,8 +41,6 @@ log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20  # GetEmbedding chunk size: large enough for speed, far below message limits
 MAX_SEEDS = 100_000
-MAX_SUGGEST = 10_000
-_GEOJSON_KINDS = ("tiles", "detections", "regions", "both", "none")
 
 _JOB_STATES = {
     JobState.QUEUED: embedding_pb2.JOB_STATE_QUEUED,
@@ -327,10 +330,9 @@ class HistosicApi:
 
     # -- ClusteringService ----------------------------------------------------------------
     def cluster(self, request: clustering_pb2.ClusterRequest) -> clustering_pb2.ClusterResponse:
-        from histosic.pipeline import cluster_slide
-        from histosic.seeds import DEFAULT_POSITIVE, SeedPoint
+        from histosic.cluster import cluster_slide
+        from histosic.seeds import SeedPoint
 
-        opts = request.options
         if len(request.seeds) > MAX_SEEDS:
             raise InvalidInputError(
                 f"{len(request.seeds)} seeds given; at most {MAX_SEEDS} are accepted"
@@ -340,68 +342,19 @@ class HistosicApi:
                 "no seeds given: send point annotations with class names (e.g. 'Tumor' and "
                 "'Stroma')"
             )
-        if not 0 <= opts.suggest <= MAX_SUGGEST:
-            raise InvalidInputError(f"suggest must be in [0, {MAX_SUGGEST}], got {opts.suggest}")
-        geojson_kind = opts.geojson or "tiles"
-        if geojson_kind not in _GEOJSON_KINDS:
-            raise InvalidInputError(
-                f"geojson must be one of {_GEOJSON_KINDS}, got {opts.geojson!r}"
-            )
-        preprocess = self._preprocess(opts)
+        options = options_from_proto(request.options)
         entry = self.resolve_embedding(request.embedding)
         emb = self.cache.get(entry)
         points = [SeedPoint(float(s.x), float(s.y), s.class_name) for s in request.seeds]
-        kwargs: dict[str, Any] = {
-            "positive": opts.positive_class or DEFAULT_POSITIVE,
-            "multiclass": opts.multiclass,
-            "method": opts.method or None,
-            "suggest": opts.suggest,
-            "constrained": opts.constrained,
-            "preprocess": preprocess,
-        }
-        if opts.metric:
-            kwargs["metric"] = opts.metric
-        if opts.stop:
-            kwargs["stop"] = opts.stop
-        if opts.HasField("max_depth"):
-            kwargs["max_depth"] = opts.max_depth
-        if opts.HasField("min_cluster_size"):
-            kwargs["min_cluster_size"] = opts.min_cluster_size
-        if opts.HasField("random_state"):
-            kwargs["random_state"] = opts.random_state
-        sc = cluster_slide(emb, points, **kwargs)
-        return self._cluster_response(request, entry, emb, sc, points, geojson_kind)
-
-    def _preprocess(self, opts: clustering_pb2.ClusterOptions) -> Any:
-        if not opts.HasField("preprocess"):
-            return None
-        from histosic.sic import PAPER_PREPROCESS, Preprocess
-
-        p = opts.preprocess
-        if p.paper:
-            return PAPER_PREPROCESS
-        kwargs: dict[str, Any] = {}
-        if p.HasField("regress_nuisance"):
-            kwargs["regress_nuisance"] = p.regress_nuisance
-        if p.HasField("smooth_radius"):
-            if not 0 <= p.smooth_radius <= 16:
-                raise InvalidInputError(f"smooth_radius must be in [0, 16], got {p.smooth_radius}")
-            kwargs["smooth_radius"] = p.smooth_radius
-        if p.HasField("l2_normalize"):
-            kwargs["l2_normalize"] = p.l2_normalize
-        if p.HasField("pca_components"):
-            if p.pca_components < 1:
-                raise InvalidInputError(f"pca_components must be >= 1, got {p.pca_components}")
-            kwargs["pca_components"] = p.pca_components
-        return Preprocess(**kwargs)
+        sc = cluster_slide(emb, points, options)
+        return self._cluster_response(request, entry, emb, sc, options.output)
 
     def _cluster_response(
         self,
         request: clustering_pb2.ClusterRequest,
         entry: StoredEmbedding,
-        emb: Any,
-        sc: Any,
-        points: list[Any],
+        emb: Embeddings,
+        sc: SlideClustering,
         geojson_kind: str,
     ) -> clustering_pb2.ClusterResponse:
         result = sc.result
@@ -427,15 +380,10 @@ class HistosicApi:
                 sizes=[int(s) for s in step.sizes],
                 accepted=step.accepted,
             )
-        index_of = {id(p): i for i, p in enumerate(points)}
         for ig in sc.mapping.ignored:
-            i = index_of.get(id(ig.point))
-            if i is None:
-                i = points.index(ig.point) if ig.point in points else -1
-            seed = request.seeds[i] if i >= 0 else None
             resp.ignored_seeds.add(
-                index=i,
-                id=seed.id if seed is not None else "",
+                index=ig.index,
+                id=request.seeds[ig.index].id,
                 x=ig.point.x,
                 y=ig.point.y,
                 class_name=ig.point.class_name,

@@ -1,20 +1,22 @@
-"""A small gRPC client: cluster through a histosic server (``histosic cluster --server``).
+"""A small typed gRPC client of a histosic server.
 
-:func:`cluster_remote` sends seed points and returns what the server computed;
-:func:`cluster_via_server` is the CLI's glue that also writes the GeoJSON (and, when the embedding
-file is present locally, the labels CSV and overlay, from a
-:class:`~histosic.pipeline.SlideClustering` rebuilt from the server's answer).
+:func:`cluster_remote` sends seed points with :class:`~histosic.cluster.ClusterOptions` and returns
+what the server computed as a :class:`RemoteClustering`; :func:`to_slide_clustering` rebuilds a
+:class:`~histosic.cluster.SlideClustering` from it and the local copy of the embedding;
+:func:`download_embedding` fetches an embedding. The command line's ``histosic cluster --server``
+(:mod:`histosic.commands.cluster`) is built on these. Nothing here reads the environment: the
+bearer token is an argument.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -27,6 +29,7 @@ from histosic.api.v1 import (
     embedding_pb2,
     embedding_pb2_grpc,
 )
+from histosic.cluster import ClusterOptions, ClusterResult, SlideClustering, Step
 from histosic.errors import (
     CancelledError,
     EmbeddingNotFoundError,
@@ -36,14 +39,20 @@ from histosic.errors import (
     PreconditionError,
     ResourceExhaustedError,
 )
+from histosic.seeds import SeedPoint, map_seeds
 from histosic.service.arrays import from_ndarray
+from histosic.service.convert import options_to_proto
 from histosic.service.status import UnauthenticatedError
+
+if TYPE_CHECKING:
+    from histosic.store import Embeddings
 
 __all__ = [
     "RemoteClustering",
+    "RemoteIgnoredSeed",
     "cluster_remote",
-    "cluster_via_server",
     "download_embedding",
+    "embedding_ref",
     "open_channel",
     "to_slide_clustering",
 ]
@@ -91,24 +100,59 @@ def _raise(err: grpc.RpcError, address: str) -> None:
     raise cls(f"server {address}: {details}") from err
 
 
+@dataclass(frozen=True)
+class RemoteIgnoredSeed:
+    """A seed point the server did not use: its index in the request, and why."""
+
+    index: int
+    id: str
+    x: float
+    y: float
+    class_name: str
+    reason: str
+
+
 @dataclass
 class RemoteClustering:
-    """What the server's ``Cluster`` returned, as arrays and plain Python objects."""
+    """What the server's ``Cluster`` returned, as arrays and plain Python objects.
 
-    labels: npt.NDArray[np.int64]  # (n,) index into class_names
-    confidence: npt.NDArray[np.float64]  # (n,)
+    Attributes
+    ----------
+    labels : ndarray of int64 of shape (n_patches,)
+        Index into ``class_names`` per patch.
+    confidence : ndarray of float64 of shape (n_patches,)
+    class_names : tuple of str
+    positive_class : str
+        "" in multi-class mode.
+    method : str
+    score : float
+        The metric on the seed patches.
+    history : list of Step
+    ignored : list of RemoteIgnoredSeed
+    suggested : ndarray of int64 of shape (n_suggested,)
+        Patch indices.
+    geojson : dict or None
+        The QuPath GeoJSON FeatureCollection; None when ``output="none"`` was asked for.
+    embedding_id : str
+        The server's embedding that was clustered.
+    n_seeds_used : int
+    elapsed_s : float
+        Round-trip time in seconds.
+    """
+
+    labels: npt.NDArray[np.int64]
+    confidence: npt.NDArray[np.float64]
     class_names: tuple[str, ...]
     positive_class: str
     method: str
     score: float
-    history: list[dict[str, Any]]
-    ignored: list[dict[str, Any]]
-    suggested: npt.NDArray[np.int64]  # (k,) patch indices
+    history: list[Step]
+    ignored: list[RemoteIgnoredSeed]
+    suggested: npt.NDArray[np.int64]
     geojson: dict[str, Any] | None
     embedding_id: str
     n_seeds_used: int
     elapsed_s: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> str:
         n = int(self.labels.shape[0])
@@ -120,7 +164,7 @@ class RemoteClustering:
         lines = [
             f"server embedding: {self.embedding_id}",
             f"seeds: {self.n_seeds_used} used, {len(self.ignored)} ignored",
-            *(f"  ignored ({i['x']:.0f}, {i['y']:.0f}): {i['reason']}" for i in self.ignored),
+            *(f"  ignored ({i.x:.0f}, {i.y:.0f}): {i.reason}" for i in self.ignored),
             f"patches: {n}: {per_class}",
             f"method: {self.method}, score on the seed patches {self.score:.3f}",
             f"time: {self.elapsed_s:.3f} s (round trip)",
@@ -128,55 +172,82 @@ class RemoteClustering:
         return "\n".join(lines)
 
 
+def _metadata(token: str | None) -> list[tuple[str, str]] | None:
+    return [("authorization", f"Bearer {token}")] if token else None
+
+
+def embedding_ref(embedding: str | os.PathLike[str]) -> common_pb2.EmbeddingRef:
+    """The reference to send for ``embedding``: an embedding file present here, or an id.
+
+    A local file is named by its slide's content fingerprint and model (so the server finds its
+    own copy, made from the same slide), or by its file name when it has no fingerprint; any other
+    value is an embedding id the server knows (``ListEmbeddings``).
+    """
+    from histosic.store import read_meta
+
+    local = Path(embedding)
+    if not local.is_file():
+        return common_pb2.EmbeddingRef(embedding_id=str(embedding))
+    meta = read_meta(local)
+    if meta.slide_fingerprint:
+        return common_pb2.EmbeddingRef(slide_fingerprint=meta.slide_fingerprint, model=meta.model)
+    return common_pb2.EmbeddingRef(embedding_id=local.name)
+
+
 def cluster_remote(
     address: str,
     embedding: common_pb2.EmbeddingRef,
-    points: Sequence[Any],
+    points: Sequence[SeedPoint],
+    options: ClusterOptions | None = None,
     *,
-    positive: str = "Tumor",
-    multiclass: bool = False,
-    method: str | None = None,
-    suggest: int = 0,
-    random_state: int | None = 0,
-    raw_features: bool = False,
-    output: str = "tiles",
     token: str | None = None,
     timeout: float = 300.0,
     channel: grpc.Channel | None = None,
 ) -> RemoteClustering:
-    """Cluster on a server from seed points (objects with ``x``, ``y``, ``class_name``).
+    """Cluster on a server from seed points.
 
-    Raises the :mod:`histosic.errors` class matching the server's status code.
+    Parameters
+    ----------
+    address : str
+        ``HOST:PORT`` of the server (used to open a channel unless ``channel`` is given, and in
+        error messages).
+    embedding : EmbeddingRef
+        Which of the server's embeddings (see :func:`embedding_ref`).
+    points : sequence of SeedPoint
+        Seed clicks in level-0 pixels with QuPath class names.
+    options : ClusterOptions, optional
+        None = the defaults. ``random_state=None`` is sent as unset (the server's default, 0).
+    token : str, optional
+        The server's bearer token.
+    timeout : float, default 300
+        Seconds.
+    channel : grpc.Channel, optional
+        An open channel to reuse (it is left open).
+
+    Returns
+    -------
+    RemoteClustering
+
+    Raises
+    ------
+    HistosicError
+        The :mod:`histosic.errors` class matching the server's status code;
+        :class:`~histosic.errors.PreconditionError` when the server is not reachable.
     """
-    import time
-
-    options = clustering_pb2.ClusterOptions(
-        method=method or "",
-        positive_class=positive,
-        multiclass=multiclass,
-        suggest=suggest,
-        geojson=output,
-    )
-    if random_state is not None:
-        options.random_state = random_state
-    if raw_features:
-        options.preprocess.paper = True
     request = clustering_pb2.ClusterRequest(
         embedding=embedding,
         seeds=[
             clustering_pb2.SeedPoint(x=float(p.x), y=float(p.y), class_name=p.class_name)
             for p in points
         ],
-        options=options,
+        options=options_to_proto(ClusterOptions() if options is None else options),
     )
-    token = token or os.environ.get("HISTOSIC_TOKEN") or None
-    metadata = [("authorization", f"Bearer {token}")] if token else None
     own = channel is None
     ch = channel if channel is not None else open_channel(address)
     start = time.perf_counter()
     try:
         stub = clustering_pb2_grpc.ClusteringServiceStub(ch)
-        resp = stub.Cluster(request, timeout=timeout, metadata=metadata)
+        resp = stub.Cluster(request, timeout=timeout, metadata=_metadata(token))
     except grpc.RpcError as err:
         _raise(err, address)
         raise  # _raise always raises
@@ -191,17 +262,10 @@ def cluster_remote(
         method=resp.method,
         score=resp.score,
         history=[
-            {
-                "depth": s.depth,
-                "branch": s.branch,
-                "score": s.score,
-                "sizes": tuple(s.sizes),
-                "accepted": s.accepted,
-            }
-            for s in resp.history
+            Step(s.depth, s.branch, s.score, tuple(s.sizes), s.accepted) for s in resp.history
         ],
         ignored=[
-            {"index": i.index, "x": i.x, "y": i.y, "class_name": i.class_name, "reason": i.reason}
+            RemoteIgnoredSeed(i.index, i.id, i.x, i.y, i.class_name, i.reason)
             for i in resp.ignored_seeds
         ],
         suggested=np.asarray([s.patch_index for s in resp.suggestions], dtype=np.int64),
@@ -219,15 +283,15 @@ def download_embedding(
     dtype: str = "",
     token: str | None = None,
     timeout: float = 3600.0,
-) -> Any:
+) -> Embeddings:
     """Download an embedding with ``GetEmbedding`` into a :class:`histosic.store.Embeddings`.
 
-    Chunks are copied straight into one preallocated buffer (one copy per byte).
+    Chunks are copied straight into one preallocated buffer (one copy per byte). ``token`` is the
+    server's bearer token, if it has one.
     """
     from histosic.store import EmbeddingMeta, Embeddings
 
-    token = token or os.environ.get("HISTOSIC_TOKEN") or None
-    metadata = [("authorization", f"Bearer {token}")] if token else None
+    metadata = _metadata(token)
     stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
     stream = stub.GetEmbedding(
         embedding_pb2.GetEmbeddingRequest(embedding=embedding, dtype=dtype),
@@ -276,26 +340,37 @@ def download_embedding(
     )
 
 
-def _chain(first: Any, rest: Any) -> Any:
+def _chain(
+    first: embedding_pb2.GetEmbeddingResponse, rest: Iterable[embedding_pb2.GetEmbeddingResponse]
+) -> Iterator[embedding_pb2.GetEmbeddingResponse]:
     yield first
     yield from rest
 
 
 def to_slide_clustering(
-    remote: RemoteClustering, emb: Any, points: Sequence[Any], *, positive: str, multiclass: bool
-) -> Any:
-    """Rebuild a :class:`histosic.pipeline.SlideClustering` from a server answer and the local
-    copy of the same embedding (the seed mapping is recomputed locally; it is deterministic)."""
-    from histosic.pipeline import SlideClustering
-    from histosic.seeds import map_seeds
-    from histosic.sic import ClusterResult, Step
+    remote: RemoteClustering,
+    emb: Embeddings,
+    points: Sequence[SeedPoint],
+    options: ClusterOptions | None = None,
+) -> SlideClustering:
+    """Rebuild a :class:`~histosic.cluster.SlideClustering` from a server answer and the local
+    copy of the same embedding.
 
+    The seed mapping is recomputed locally (it is deterministic) with ``options.positive_class``
+    and ``options.multiclass``, which must be those the server was sent.
+
+    Raises
+    ------
+    InvalidInputError
+        The local embedding is not the one the server clustered (other patch count or classes).
+    """
+    opts = ClusterOptions() if options is None else options
     if remote.labels.shape[0] != emb.n_patches:
         raise InvalidInputError(
             f"the server clustered {remote.labels.shape[0]} patches but the local embedding file "
             f"has {emb.n_patches}: they are not the same embedding"
         )
-    mapping = map_seeds(emb, points, positive=positive, multiclass=multiclass)
+    mapping = map_seeds(emb, points, positive=opts.positive_class, multiclass=opts.multiclass)
     if mapping.class_names != remote.class_names:
         raise InvalidInputError(
             f"the server's classes {remote.class_names} differ from the local seed mapping's "
@@ -307,10 +382,7 @@ def to_slide_clustering(
         confidence=remote.confidence,
         classes=tuple(range(k)),
         positive=mapping.positive,
-        history=[
-            Step(h["depth"], h["branch"], h["score"], tuple(h["sizes"]), h["accepted"])
-            for h in remote.history
-        ],
+        history=list(remote.history),
         seeds=mapping.seeds,
         method=remote.method,
         score=remote.score,
@@ -322,67 +394,3 @@ def to_slide_clustering(
         suggested=remote.suggested,
         elapsed_s=remote.elapsed_s,
     )
-
-
-def cluster_via_server(address: str, *, args: argparse.Namespace, seed_file: Any) -> int:
-    """``histosic cluster --server HOST:PORT``: cluster remotely, write the outputs locally.
-
-    ``args.embeddings`` is an embedding file present locally (then the server finds its own copy
-    by the slide's fingerprint and the model) or an embedding id the server knows.
-    """
-    from histosic.outputs.geojson import write_geojson
-    from histosic.store import read_embeddings, read_meta
-
-    local: Path = Path(args.embeddings)
-    emb = None
-    if local.is_file():
-        meta = read_meta(local)
-        if meta.slide_fingerprint:
-            ref = common_pb2.EmbeddingRef(
-                slide_fingerprint=meta.slide_fingerprint, model=meta.model
-            )
-        else:
-            ref = common_pb2.EmbeddingRef(embedding_id=local.name)
-        if args.labels_csv is not None or args.overlay is not None:
-            emb = read_embeddings(local)
-    else:
-        if args.labels_csv is not None or args.overlay is not None:
-            raise InvalidInputError(
-                f"--labels-csv and --overlay with --server need the embedding file locally; "
-                f"{local} does not exist here"
-            )
-        ref = common_pb2.EmbeddingRef(embedding_id=str(args.embeddings))
-    remote = cluster_remote(
-        address,
-        ref,
-        seed_file.points,
-        positive=args.positive,
-        multiclass=args.multiclass,
-        method=args.method,
-        suggest=args.suggest,
-        random_state=args.random_state,
-        raw_features=args.raw_features,
-        output=args.output,
-    )
-    print(remote.summary())
-    assert remote.geojson is not None  # output is never "none" here
-    write_geojson(args.out, remote.geojson, overwrite=args.overwrite)
-    written = [f"{args.out} ({len(remote.geojson['features'])} objects, {args.output})"]
-    if emb is not None:
-        clustering = to_slide_clustering(
-            remote, emb, seed_file.points, positive=args.positive, multiclass=args.multiclass
-        )
-        if args.labels_csv is not None:
-            from histosic.outputs.labels_csv import write_labels_csv
-
-            write_labels_csv(args.labels_csv, emb, clustering, overwrite=args.overwrite)
-            written.append(str(args.labels_csv))
-        if args.overlay is not None:
-            from histosic.outputs.overlay import write_overlay
-
-            write_overlay(
-                args.overlay, emb, clustering, overwrite=args.overwrite, slide_path=args.slide
-            )
-            written.append(str(args.overlay))
-    print("wrote " + ", ".join(written))
-    return 0

@@ -53,7 +53,7 @@ Global___SeedPoint: _TypeAlias = SeedPoint  # noqa: Y015
 
 @_typing.final
 class Preprocess(_message.Message):
-    """Feature cleaning before clustering (histosic.sic.Preprocess)."""
+    """Feature cleaning before clustering (histosic.cluster.Preprocess)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 

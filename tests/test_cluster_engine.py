@@ -1,61 +1,24 @@
-"""Tests of the SIC engine: estimator contract, toy cases, blobs, stopping rules, bad input."""
+"""The clustering engine (histosic.cluster.seeded_clustering): toy cases, blobs, stopping rules,
+preprocessing, suggestions, bad input."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pytest
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from histosic.errors import HistosicError, InvalidInputError
-from histosic.sic import (
+from histosic.cluster import (
     METHODS,
     PAPER_PREPROCESS,
     Preprocess,
-    SeededKMeans,
+    grid_pieces,
     preprocess_features,
-    seeded_iterative_clustering,
+    seeded_clustering,
     suggest_seeds,
 )
-
-
-@parametrize_with_checks([SeededKMeans(), SeededKMeans(constrained=True, n_clusters=3)])  # type: ignore[untyped-decorator]
-def test_sklearn_estimator_contract(estimator: SeededKMeans, check: Callable[[Any], None]) -> None:
-    check(estimator)
-
-
-def test_seeded_kmeans_hand_computed() -> None:
-    X = np.array([[0.0], [1.0], [2.0], [10.0], [11.0], [12.0]])
-    seeds = np.array([0, -1, -1, -1, -1, 1])
-    km = SeededKMeans().fit(X, seeds=seeds)
-    assert km.labels_.tolist() == [0, 0, 0, 1, 1, 1]
-    np.testing.assert_allclose(km.cluster_centers_.ravel(), [1.0, 11.0])
-    assert km.inertia_ == pytest.approx(4.0)
-    assert km.predict(np.array([[4.0], [7.0]])).tolist() == [0, 1]
-
-
-def test_seeded_vs_constrained_kmeans() -> None:
-    # A seed of class 0 placed (by mistake) among class-1 points: Seeded-KMeans moves it,
-    # Constrained-KMeans keeps it pinned.
-    X = np.array([[0.0], [0.5], [1.0], [10.0], [10.5], [11.0]])
-    seeds = np.array([0, -1, -1, 0, -1, 1])
-    free = SeededKMeans().fit(X, seeds=seeds)
-    pinned = SeededKMeans(constrained=True).fit(X, seeds=seeds)
-    assert free.labels_[3] == 1
-    assert pinned.labels_[3] == 0
-    assert pinned.labels_[5] == 1
-
-
-def test_seeded_kmeans_starts_at_seed_means() -> None:
-    # With max_iter=1 the labels are the assignment to the initial (seed-mean) centres.
-    X = np.array([[0.0], [4.0], [6.0], [10.0]])
-    km = SeededKMeans(max_iter=1).fit(X, seeds=np.array([0, 0, -1, 1]))
-    # centres 2 and 10: 6 is equidistant-ish -> closer to 2 (distance 4 vs 4 -> argmax picks first)
-    assert km.labels_.tolist()[:2] == [0, 0]
-    assert km.labels_[3] == 1
+from histosic.errors import HistosicError, InvalidInputError
 
 
 def _blobs(
@@ -84,7 +47,7 @@ def _pick_seeds(y: npt.NDArray[np.int64], per_class: int, seed: int = 0) -> npt.
 def test_blobs_binary_known_answer(method: str) -> None:
     X, y = _blobs((600, 150))
     s = _pick_seeds(y, 3)
-    r = seeded_iterative_clustering(X, s, method=method, positive=1, stop="strict", random_state=0)
+    r = seeded_clustering(X, s, method=method, positive=1, stop="strict", random_state=0)
     assert r.labels.shape == (750,)
     assert r.classes == (0, 1)
     assert r.positive == 1
@@ -99,7 +62,7 @@ def test_blobs_binary_known_answer(method: str) -> None:
 def test_blobs_multiclass(method: str) -> None:
     X, y = _blobs((300, 200, 100))
     s = _pick_seeds(y, 3)
-    r = seeded_iterative_clustering(X, s, method=method, stop="strict", random_state=0)
+    r = seeded_clustering(X, s, method=method, stop="strict", random_state=0)
     assert r.positive is None
     assert r.classes == (0, 1, 2)
     assert np.mean(r.labels == y) > 0.95
@@ -131,7 +94,7 @@ def _stopping_problem() -> tuple[
 
 def test_stop_strict_keeps_labelling_before_a_tie() -> None:
     X, s, in_b = _stopping_problem()
-    r = seeded_iterative_clustering(
+    r = seeded_clustering(
         X, s, method="sic", stop="strict", preprocess=PAPER_PREPROCESS, random_state=0
     )
     assert np.array_equal(r.labels == 1, in_b)
@@ -144,7 +107,7 @@ def test_stop_strict_keeps_labelling_before_a_tie() -> None:
 
 def test_stop_drop_accepts_ties_as_in_the_paper() -> None:
     X, s, in_b = _stopping_problem()
-    r = seeded_iterative_clustering(
+    r = seeded_clustering(
         X, s, method="sic", stop="drop", preprocess=PAPER_PREPROCESS, random_state=0
     )
     pos = r.labels == 1
@@ -156,8 +119,8 @@ def test_stop_drop_accepts_ties_as_in_the_paper() -> None:
 
 def test_max_depth_zero_is_plain_seeded_kmeans() -> None:
     X, s, _ = _stopping_problem()
-    r = seeded_iterative_clustering(X, s, method="sic", max_depth=0, preprocess=PAPER_PREPROCESS)
-    r2 = seeded_iterative_clustering(X, s, method="seeded-kmeans", preprocess=PAPER_PREPROCESS)
+    r = seeded_clustering(X, s, method="sic", max_depth=0, preprocess=PAPER_PREPROCESS)
+    r2 = seeded_clustering(X, s, method="seeded-kmeans", preprocess=PAPER_PREPROCESS)
     assert np.array_equal(r.labels, r2.labels)
     assert len(r.history) == 1
 
@@ -166,8 +129,8 @@ def test_determinism() -> None:
     X, y = _blobs((400, 200), dim=8, sep=2.0, seed=3)
     s = _pick_seeds(y, 2, seed=1)
     for method in METHODS:
-        a = seeded_iterative_clustering(X, s, method=method, random_state=7)
-        b = seeded_iterative_clustering(X, s, method=method, random_state=7)
+        a = seeded_clustering(X, s, method=method, random_state=7)
+        b = seeded_clustering(X, s, method=method, random_state=7)
         assert np.array_equal(a.labels, b.labels), method
         assert np.allclose(a.confidence, b.confidence), method
 
@@ -182,7 +145,7 @@ def test_callable_metric_and_other_class_ids() -> None:
         calls.append(1)
         return float(np.mean(t == p))
 
-    r = seeded_iterative_clustering(X, s, method="sic", positive=7, metric=metric, stop="strict")
+    r = seeded_clustering(X, s, method="sic", positive=7, metric=metric, stop="strict")
     assert set(np.unique(r.labels)) == {3, 7}
     assert calls
     assert np.mean(r.labels == ids) > 0.97
@@ -243,10 +206,8 @@ def test_preprocessing_fixes_a_tissue_fraction_nuisance() -> None:
     X[:, 0] += 1.5 * y
     X[:, 1] += 12 * tissue
     s = _pick_seeds(y, 3, seed=4)
-    raw = seeded_iterative_clustering(
-        X, s, method="sic", preprocess=PAPER_PREPROCESS, stop="strict"
-    )
-    clean = seeded_iterative_clustering(
+    raw = seeded_clustering(X, s, method="sic", preprocess=PAPER_PREPROCESS, stop="strict")
+    clean = seeded_clustering(
         X, s, method="sic", nuisance=np.c_[tissue, white], grid=grid, stop="strict"
     )
     acc_raw = np.mean(raw.labels == y)
@@ -259,7 +220,7 @@ def test_suggest_seeds_uncertain_unseeded_and_spread() -> None:
     X, y = _blobs((300, 300), dim=4, sep=2.0)
     grid = np.array([(i % 30, i // 30) for i in range(600)], dtype=np.int64)
     s = _pick_seeds(y, 2)
-    r = seeded_iterative_clustering(X, s, method="logreg", preprocess=PAPER_PREPROCESS)
+    r = seeded_clustering(X, s, method="logreg", preprocess=PAPER_PREPROCESS)
     picks = suggest_seeds(r, 5, grid=grid)
     assert picks.shape == (5,)
     assert len(set(picks.tolist())) == 5
@@ -315,22 +276,10 @@ BAD: list[tuple[str, Any, Any, dict[str, Any], str]] = [
 @pytest.mark.parametrize(("name", "X", "seeds", "kwargs", "needle"), BAD, ids=[b[0] for b in BAD])
 def test_bad_input(name: str, X: Any, seeds: Any, kwargs: dict[str, Any], needle: str) -> None:
     with pytest.raises(InvalidInputError, match=None) as info:
-        seeded_iterative_clustering(X, seeds, **kwargs)
+        seeded_clustering(X, seeds, **kwargs)
     assert needle in str(info.value)
     assert isinstance(info.value, ValueError)
     assert isinstance(info.value, HistosicError)
-
-
-def test_fewer_patches_than_clusters() -> None:
-    with pytest.raises(InvalidInputError, match="smaller than the number of clusters"):
-        SeededKMeans(n_clusters=3).fit(np.zeros((2, 2)))
-
-
-def test_predict_before_fit() -> None:
-    from sklearn.exceptions import NotFittedError
-
-    with pytest.raises(NotFittedError):
-        SeededKMeans().predict(np.zeros((2, 2)))
 
 
 @pytest.mark.parametrize(("n_classes", "per_class"), [(2, 1), (2, 5), (3, 3)])
@@ -340,7 +289,7 @@ def test_logreg_matches_scikit_learn(n_classes: int, per_class: int) -> None:
 
     X, y = _blobs(tuple([400] * n_classes), dim=32, sep=1.5, seed=5)
     s = _pick_seeds(y, per_class, seed=2)
-    r = seeded_iterative_clustering(X, s, method="logreg", preprocess=PAPER_PREPROCESS)
+    r = seeded_clustering(X, s, method="logreg", preprocess=PAPER_PREPROCESS)
     Z = X - X.mean(axis=0)
     Z = Z / np.sqrt(np.mean(Z.astype(np.float64) ** 2))
     clf = LogisticRegression(C=0.1, class_weight="balanced", max_iter=1000)
@@ -353,7 +302,6 @@ def test_logreg_matches_scikit_learn(n_classes: int, per_class: int) -> None:
 def test_center_pieces_removes_per_piece_offsets() -> None:
     # Two tissue pieces (separated on the grid), each half tumour; piece 2 has a strong stain
     # offset that a global split would follow instead of tumour.
-    from histosic.sic import grid_pieces
 
     rng = np.random.default_rng(3)
     left = np.array([(c, r) for r in range(10) for c in range(10)])
@@ -372,6 +320,6 @@ def test_center_pieces_removes_per_piece_offsets() -> None:
     centred = Preprocess(regress_nuisance=False, smooth_radius=0, center_pieces=True)
     out = preprocess_features(X, grid=grid, config=centred)
     np.testing.assert_allclose(out[:100].mean(axis=0), out[100:].mean(axis=0), atol=1e-9)
-    a = seeded_iterative_clustering(X, s, method="seeded-kmeans", grid=grid, preprocess=plain)
-    b = seeded_iterative_clustering(X, s, method="seeded-kmeans", grid=grid, preprocess=centred)
+    a = seeded_clustering(X, s, method="seeded-kmeans", grid=grid, preprocess=plain)
+    b = seeded_clustering(X, s, method="seeded-kmeans", grid=grid, preprocess=centred)
     assert np.mean(b.labels[100:] == y[100:]) > np.mean(a.labels[100:] == y[100:]) + 0.2

@@ -1,25 +1,29 @@
 """One call from an embedding file's contents and seed points to a slide's clustering.
 
-The CLI (``histosic cluster``), the gRPC/Connect server and the evaluation all call
+The CLI (``histosic cluster``), the gRPC/Connect server, the batch mode and the demo all call
 :func:`cluster_slide`, so they apply the same seed mapping, preprocessing and method choice.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Unpack
 
 import numpy as np
 import numpy.typing as npt
 
-from histosic.seeds import DEFAULT_POSITIVE, SeedMapping, SeedPoint, map_seeds
-from histosic.store import Embeddings
+from histosic.cluster.engine import seeded_clustering
+from histosic.cluster.options import ClusterOptions, ClusterOverrides
+from histosic.cluster.result import ClusterResult
+from histosic.cluster.suggest import suggest_seeds
+from histosic.seeds import SeedMapping, SeedPoint, map_seeds
 
 if TYPE_CHECKING:
-    from histosic.sic import ClusterResult, Preprocess
+    from histosic.store import Embeddings
 
 __all__ = ["SlideClustering", "cluster_slide"]
 
@@ -32,8 +36,8 @@ class SlideClustering:
 
     Attributes
     ----------
-    result : histosic.sic.ClusterResult
-        Labels (class ids), confidence, history and score from the SIC engine.
+    result : ClusterResult
+        Labels (class ids), confidence, history and score from :func:`seeded_clustering`.
     class_names : tuple of str
         QuPath class name of each class id (index = id).
     mapping : SeedMapping
@@ -97,20 +101,10 @@ class SlideClustering:
 def cluster_slide(
     emb: Embeddings,
     points: Sequence[SeedPoint],
-    *,
-    positive: str = DEFAULT_POSITIVE,
-    multiclass: bool = False,
-    method: str | None = None,
-    suggest: int = 0,
-    random_state: int | None = 0,
-    metric: str = "f1",
-    stop: Literal["drop", "strict"] = "drop",
-    constrained: bool = False,
-    max_depth: int = 8,
-    min_cluster_size: int = 2,
-    preprocess: Preprocess | None = None,
+    options: ClusterOptions | None = None,
+    **overrides: Unpack[ClusterOverrides],
 ) -> SlideClustering:
-    """Map seed points to patches, run seeded iterative clustering and suggest new seeds.
+    """Map seed points to patches, cluster them from the seeds and suggest new seeds.
 
     Parameters
     ----------
@@ -118,19 +112,13 @@ def cluster_slide(
         Features (n_patches, dim), coordinates and per-patch tissue statistics of one slide.
     points : sequence of SeedPoint
         Seed clicks in level-0 pixels with QuPath class names.
-    positive : str, default "Tumor"
-        Positive class for binary clustering (all other seed classes form the negative class).
-    multiclass : bool, default False
-        Keep every seed class as its own class.
-    method : str or None
-        One of :data:`histosic.sic.METHODS`; None = :data:`histosic.sic.DEFAULT_METHOD`.
-    suggest : int, default 0
-        Number of patches to suggest as new seeds.
-    random_state : int or None, default 0
-        Seed of the clustering's random choices (same inputs + same value = same labels).
-    metric, stop, constrained, max_depth, min_cluster_size, preprocess
-        Passed to :func:`histosic.sic.seeded_iterative_clustering`. The embedding's nuisance
-        statistics and patch grid are always passed, so the default preprocessing applies.
+    options : ClusterOptions, optional
+        Everything about the clustering (None = the defaults). This function reads
+        ``positive_class``, ``multiclass`` (the seed mapping) and ``suggest``; the rest goes to
+        :func:`seeded_clustering`, with the embedding's nuisance statistics and patch grid, so the
+        default preprocessing applies. ``output`` is for the caller that writes the GeoJSON.
+    **overrides
+        :class:`ClusterOptions` fields that replace those of ``options``.
 
     Returns
     -------
@@ -141,30 +129,24 @@ def cluster_slide(
     InvalidInputError
         No usable seed, fewer than two classes, unknown method, bad features.
     """
-    from histosic import sic  # the engine imports scikit-learn; keep `histosic --help` fast
-
+    opts = ClusterOptions() if options is None else options
+    if overrides:
+        opts = dataclasses.replace(opts, **overrides)
     start = time.perf_counter()
-    mapping = map_seeds(emb, points, positive=positive, multiclass=multiclass)
-    kwargs: dict[str, Any] = {
-        "metric": metric,
-        "stop": stop,
-        "constrained": constrained,
-        "max_depth": max_depth,
-        "min_cluster_size": min_cluster_size,
-        "nuisance": emb.nuisance(),
-        "grid": emb.grid_index(),
-        "preprocess": preprocess,
-        "random_state": random_state,
-        "method": method if method is not None else sic.DEFAULT_METHOD,
-    }
-    if mapping.positive is not None:
-        kwargs["positive"] = mapping.positive
-    result = sic.seeded_iterative_clustering(emb.features, mapping.seeds, **kwargs)
+    mapping = map_seeds(emb, points, positive=opts.positive_class, multiclass=opts.multiclass)
+    grid = emb.grid_index()
+    result = seeded_clustering(
+        emb.features,
+        mapping.seeds,
+        opts,
+        # A multi-class mapping has no positive class; the engine ignores `positive` there.
+        positive=1 if mapping.positive is None else mapping.positive,
+        nuisance=emb.nuisance(),
+        grid=grid,
+    )
     suggested = np.zeros(0, dtype=np.int64)
-    if suggest > 0:
-        suggested = np.asarray(
-            sic.suggest_seeds(result, int(suggest), grid=emb.grid_index()), dtype=np.int64
-        )
+    if opts.suggest > 0:
+        suggested = np.asarray(suggest_seeds(result, opts.suggest, grid=grid), dtype=np.int64)
     elapsed = time.perf_counter() - start
     clustering = SlideClustering(
         result=result,

@@ -1,7 +1,8 @@
-"""The scikit-learn estimator :class:`SeededKMeans` (re-exported by :mod:`histosic.sic`).
+"""The scikit-learn estimator :class:`SeededKMeans` on the package's Lloyd kernels.
 
-Kept apart from :mod:`histosic.sic` because importing scikit-learn's base classes costs most of
-a second, which the clustering path (pure numpy) does not need to pay.
+Import it from here (``from histosic.cluster.estimator import SeededKMeans``):
+:mod:`histosic.cluster` does not load it, because importing scikit-learn's base classes costs most
+of a second, which the clustering path (pure numpy) does not need to pay.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import numpy.typing as npt
 from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
+from histosic.cluster.kmeans import DEFAULT_TOL, seeded_kmeans
+from histosic.cluster.validation import UNLABELLED, FloatArray, IntArray, check_seeds
 from histosic.errors import InvalidInputError
-from histosic.sic import UNLABELLED, FloatArray, IntArray, _check_seeds, _seeded_kmeans
 
 __all__ = ["SeededKMeans"]
 
@@ -30,6 +32,10 @@ class SeededKMeans(ClusterMixin, BaseEstimator):  # type: ignore[misc]
         change cluster during the Lloyd iterations (Seeded-KMeans).
     max_iter : int, default=100
         Maximum number of Lloyd iterations; they stop earlier when no label changes.
+    tol : float, default=0.0
+        Stop also when the summed squared centre shift of an iteration is at most ``tol``
+        (absolute, in squared feature units; :func:`histosic.cluster.kmeans.lloyd` gives the rule).
+        0 runs to the fixed point.
     random_state : int, RandomState instance or None, default=None
         Used only for the centres that no seed class provides.
 
@@ -53,11 +59,13 @@ class SeededKMeans(ClusterMixin, BaseEstimator):  # type: ignore[misc]
         *,
         constrained: bool = False,
         max_iter: int = 100,
+        tol: float = DEFAULT_TOL,
         random_state: int | np.random.RandomState | None = None,
     ) -> None:
         self.n_clusters = n_clusters
         self.constrained = constrained
         self.max_iter = max_iter
+        self.tol = tol
         self.random_state = random_state
 
     def fit(
@@ -84,17 +92,20 @@ class SeededKMeans(ClusterMixin, BaseEstimator):  # type: ignore[misc]
             )
         if not isinstance(self.max_iter, (int, np.integer)) or self.max_iter < 1:
             raise InvalidInputError(f"max_iter must be a positive integer, got {self.max_iter!r}")
+        if not isinstance(self.tol, (int, float, np.floating)) or not self.tol >= 0:
+            raise InvalidInputError(f"tol must be a number >= 0, got {self.tol!r}")
         n = Xv.shape[0]
         rng = check_random_state(self.random_state)
-        s = np.full(n, UNLABELLED, dtype=np.int64) if seeds is None else _check_seeds(seeds, n)
+        s = np.full(n, UNLABELLED, dtype=np.int64) if seeds is None else check_seeds(seeds, n)
         Xc = np.ascontiguousarray(Xv)
-        labels, C, classes, n_iter = _seeded_kmeans(
+        labels, C, classes, n_iter = seeded_kmeans(
             Xc,
             s,
             int(self.n_clusters),
             constrained=bool(self.constrained),
             max_iter=int(self.max_iter),
             rng=rng,
+            tol=float(self.tol),
         )
         self.cluster_centers_ = C
         self.labels_ = labels
@@ -119,4 +130,4 @@ class SeededKMeans(ClusterMixin, BaseEstimator):  # type: ignore[misc]
     def fit_predict(
         self, X: npt.ArrayLike, y: object = None, seeds: npt.ArrayLike | None = None
     ) -> IntArray:
-        return self.fit(X, y, seeds=seeds).labels_  # type: ignore[no-any-return]
+        return self.fit(X, y, seeds=seeds).labels_

@@ -1,0 +1,180 @@
+"""The clustering options, in one frozen dataclass that every layer passes on unchanged.
+
+:class:`ClusterOptions` mirrors the ``histosic.v1.ClusterOptions`` message (protos/histosic/v1/
+clustering.proto) plus ``max_iter``; its defaults are the product's and live only here. The command
+line builds one from its flags (:mod:`histosic.commands._args`), the server from the request
+(:mod:`histosic.service.convert`), the client turns one into the request, and
+:func:`histosic.cluster.cluster_slide`, :func:`histosic.cluster.seeded_clustering` and
+:func:`histosic.batch.run_batch` read their settings from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TypedDict
+
+from histosic import config
+from histosic.cluster.methods import DEFAULT_METHOD, METHODS
+from histosic.cluster.metrics import METRICS, Metric
+from histosic.cluster.preprocess import Preprocess
+from histosic.errors import InvalidInputError
+
+__all__ = [
+    "MAX_SMOOTH_RADIUS",
+    "MAX_SUGGEST",
+    "OUTPUTS",
+    "STOPS",
+    "ClusterOptions",
+    "ClusterOverrides",
+]
+
+#: The most suggested seeds one clustering may ask for.
+MAX_SUGGEST = 10_000
+#: The largest grid smoothing radius (a (2r+1)^2 neighbourhood; larger blurs tissue regions away).
+MAX_SMOOTH_RADIUS = 16
+#: The stopping rules of SIC.
+STOPS: tuple[str, ...] = ("drop", "strict")
+#: What the clustering's GeoJSON holds: one of config.OUTPUT_KINDS, or "none" (no GeoJSON).
+OUTPUTS: tuple[str, ...] = (*config.OUTPUT_KINDS, "none")
+_MAX_SEED = 2**32  # numpy.random.RandomState takes seeds in [0, 2**32)
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """How to cluster a slide (or a feature matrix) from its seeds.
+
+    Parameters
+    ----------
+    method : {"sic", "seeded-kmeans", "centroid", "logreg", "spreading"}, default=DEFAULT_METHOD
+        ``"sic"`` is the paper's algorithm (a seeded k-means split, then the positive cluster is
+        re-split until the score on the seeds drops). ``"seeded-kmeans"`` is its first step alone.
+        ``"centroid"`` is seeded k-means on the projection onto the seed-mean axis (or, multi-class,
+        the span of the class means). ``"logreg"`` trains a regularised logistic regression on the
+        seed patches. ``"spreading"`` spreads seed labels over a k-NN graph (slow for 100k+
+        patches).
+    positive_class : str, default=config.DEFAULT_POSITIVE_CLASS ("Tumor")
+        Slides, binary clustering: the QuPath class of the positive seeds; every other seed class
+        forms the negative class.
+    multiclass : bool, default=False
+        Slides: keep every seed class as its own class.
+    suggest : int, default=0
+        Slides: how many next seeds to suggest (least certain patches, spread out), at most
+        :data:`MAX_SUGGEST`.
+    metric : {"f1", "accuracy", "balanced_accuracy", "mcc"} or callable, default="f1"
+        Score on the seed patches that drives SIC's stopping rule. Multi-class "f1" is macro F1.
+        A callable ``metric(true, pred) -> float`` works in Python (not over the wire).
+    stop : {"drop", "strict"}, default="drop"
+        ``"drop"`` (the paper): keep refining while the score does not go down, and keep the last
+        labelling before it drops. ``"strict"``: keep refining only while the score improves.
+    constrained : bool, default=False
+        Constrained-KMeans (seed patches pinned to their class) instead of Seeded-KMeans, in the
+        k-means based methods.
+    max_depth : int, default=8
+        Maximum number of refinement splits per target cluster (SIC).
+    min_cluster_size : int, default=2
+        A split that would leave a part smaller than this is not made (SIC).
+    random_state : int or None, default=0
+        Seeds the unseeded k-means splits and the spreading's PCA; the same inputs and value give
+        the same labels. None draws fresh randomness.
+    preprocess : Preprocess, default=Preprocess()
+        Feature cleaning; its steps run only where the nuisance statistics and the patch grid are
+        given (a slide always gives them). :data:`~histosic.cluster.PAPER_PREPROCESS` is the
+        paper's raw features. ``smooth_radius`` is at most :data:`MAX_SMOOTH_RADIUS`.
+    output : {"tiles", "detections", "regions", "both", "none"}, default=config.DEFAULT_OUTPUT
+        Slides: what the QuPath GeoJSON holds (``"none"``: no GeoJSON, where a caller may skip it).
+    max_iter : int, default=100
+        Lloyd iterations per k-means split.
+
+    Raises
+    ------
+    InvalidInputError
+        An unknown method, metric, stop or output, an empty positive class, or a count or bound
+        out of range.
+    """
+
+    method: str = DEFAULT_METHOD
+    positive_class: str = config.DEFAULT_POSITIVE_CLASS
+    multiclass: bool = False
+    suggest: int = 0
+    metric: str | Metric = "f1"
+    stop: str = "drop"
+    constrained: bool = False
+    max_depth: int = 8
+    min_cluster_size: int = 2
+    random_state: int | None = 0
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    output: str = config.DEFAULT_OUTPUT
+    max_iter: int = 100
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise InvalidInputError(
+                f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}"
+            )
+        if not callable(self.metric) and self.metric not in METRICS:
+            raise InvalidInputError(
+                f"unknown metric {self.metric!r}; use {', '.join(repr(m) for m in METRICS)} or a "
+                "callable"
+            )
+        if self.stop not in STOPS:
+            raise InvalidInputError(f"stop must be 'drop' or 'strict', got {self.stop!r}")
+        if self.output not in OUTPUTS:
+            raise InvalidInputError(
+                f"output (geojson in the API) must be one of {', '.join(OUTPUTS)}, got "
+                f"{self.output!r}"
+            )
+        if not self.positive_class.strip():
+            raise InvalidInputError(
+                "positive_class is empty; name the QuPath class of the positive seeds "
+                f"(default {config.DEFAULT_POSITIVE_CLASS!r})"
+            )
+        if not 0 <= self.suggest <= MAX_SUGGEST:
+            raise InvalidInputError(
+                f"suggest must be in [0, {MAX_SUGGEST}], got {self.suggest}; ask for fewer "
+                "suggested seeds"
+            )
+        if self.max_depth < 0:
+            raise InvalidInputError(
+                f"max_depth must be >= 0 (0 = no refinement), got {self.max_depth}"
+            )
+        if self.min_cluster_size < 1:
+            raise InvalidInputError(
+                f"min_cluster_size must be >= 1 patch, got {self.min_cluster_size}"
+            )
+        if self.max_iter < 1:
+            raise InvalidInputError(f"max_iter must be >= 1, got {self.max_iter}")
+        if self.random_state is not None and not 0 <= self.random_state < _MAX_SEED:
+            raise InvalidInputError(
+                f"random_state must be in [0, 2**32) or None, got {self.random_state}"
+            )
+        p = self.preprocess
+        if not 0 <= p.smooth_radius <= MAX_SMOOTH_RADIUS:
+            raise InvalidInputError(
+                f"smooth_radius must be in [0, {MAX_SMOOTH_RADIUS}], got {p.smooth_radius}; "
+                "0 turns smoothing off"
+            )
+        if p.pca_components is not None and p.pca_components < 1:
+            raise InvalidInputError(
+                f"pca_components must be >= 1 (or None for no PCA), got {p.pca_components}"
+            )
+
+
+class ClusterOverrides(TypedDict, total=False):
+    """Keyword overrides of :class:`ClusterOptions` fields.
+
+    As in ``seeded_clustering(X, seeds, method="sic")`` or ``cluster_slide(emb, pts, suggest=3)``.
+    """
+
+    method: str
+    positive_class: str
+    multiclass: bool
+    suggest: int
+    metric: str | Metric
+    stop: str
+    constrained: bool
+    max_depth: int
+    min_cluster_size: int
+    random_state: int | None
+    preprocess: Preprocess
+    output: str
+    max_iter: int

@@ -3,6 +3,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# pytest worker processes (pytest-xdist): CI machines have two cores.
+TEST_WORKERS ?= 2
 PY     := $(BIN)/python
 
 .PHONY: demo test test-fast lint typecheck pytest install install-demo system-deps protos bench clean
@@ -47,18 +49,18 @@ typecheck: install
 	$(BIN)/mypy
 
 pytest: install system-deps
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS)
 
 test: install system-deps
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS)
 
 # No slow tests (marked `slow`: real embedding runs, subprocess servers, the demo, Groovy runs).
 test-fast: install system-deps
 	$(BIN)/ruff check $(LINTED)
-	$(BIN)/pytest -q -m "not slow and not gpu"
+	$(BIN)/pytest -q -n $(TEST_WORKERS) -m "not slow and not gpu"
 
 protos: install
 	$(PY) scripts/gen_protos.py

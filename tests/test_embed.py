@@ -138,6 +138,7 @@ def test_cancel_removes_partial_file(synthetic_slide: SyntheticSlide, tmp_path: 
     assert _leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_embed_from_a_worker_thread(small_slide: SyntheticSlide, tmp_path: Path) -> None:
     # The server calls embed_slide from a thread; DataLoader workers then start by spawn.
     result: list[Path] = []
@@ -155,6 +156,7 @@ def test_embed_from_a_worker_thread(small_slide: SyntheticSlide, tmp_path: Path)
     assert not errors and result and result[0].exists()
 
 
+@pytest.mark.slow
 def test_real_svs(cmu_svs: Path, tmp_path: Path) -> None:
     path = embed_slide(cmu_svs, tmp_path, model="handcrafted", workers=0)
     emb = read_embeddings(path)
@@ -164,6 +166,7 @@ def test_real_svs(cmu_svs: Path, tmp_path: Path) -> None:
     assert bool(np.all(emb.tissue_fraction >= 0.5))
 
 
+@pytest.mark.slow
 def test_digestpath_jpeg(digestpath_jpg: Path, tmp_path: Path) -> None:
     cfg = TilingConfig(target_mpp=1.0)  # fewer, larger patches keep this quick
     with pytest.raises(UnknownResolutionError, match="--slide-mpp"):

@@ -56,6 +56,7 @@ def test_models_lists_usability(
     assert "histossl" in out
 
 
+@pytest.mark.slow
 def test_embed_then_skip(small_slide: SyntheticSlide, tmp_path: Path) -> None:
     r = _histosic("embed", str(small_slide.path), "--out", str(tmp_path), "--model", "handcrafted")
     assert r.returncode == 0, r.stderr

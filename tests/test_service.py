@@ -420,6 +420,7 @@ def test_cancel_running_job_removes_partial(env: Env) -> None:
     _healthy(env)
 
 
+@pytest.mark.slow
 def test_job_survives_client_disconnect(env: Env) -> None:
     start = embedding_pb2.StartEmbeddingRequest(
         slide="big.png",

@@ -7,11 +7,22 @@ then clustered locally from the seeds in about a second (:mod:`histosic.cluster`
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
-try:  # the one place the version is written is pyproject.toml
-    __version__ = version("histosic")
-except PackageNotFoundError:  # pragma: no cover - running from a tree that was never installed
-    __version__ = "0+unknown"
+
+def __getattr__(name: str) -> Any:
+    # The version is read from the package metadata (written once, in pyproject.toml) when first
+    # asked for: importlib.metadata costs a sixth of `histosic --help`, which does not need it.
+    if name != "__version__":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        value = version("histosic")
+    except PackageNotFoundError:  # pragma: no cover - a source tree that was never installed
+        value = "0+unknown"
+    globals()["__version__"] = value
+    return value
+
 
 __all__ = ["__version__"]

@@ -30,19 +30,61 @@ Modules: :mod:`~histosic.cluster.validation` (input checks), :mod:`~histosic.clu
 
 from __future__ import annotations
 
-from histosic.cluster.engine import seeded_clustering
-from histosic.cluster.methods import DEFAULT_METHOD, METHODS
-from histosic.cluster.metrics import METRICS
-from histosic.cluster.options import OUTPUTS, STOPS, ClusterOptions
-from histosic.cluster.preprocess import (
-    PAPER_PREPROCESS,
-    Preprocess,
-    grid_pieces,
-    preprocess_features,
-)
-from histosic.cluster.result import ClusterResult, Step
-from histosic.cluster.slide import SlideClustering, cluster_slide
-from histosic.cluster.suggest import suggest_seeds
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from histosic.cluster.engine import seeded_clustering
+    from histosic.cluster.options import (
+        DEFAULT_METHOD,
+        METHODS,
+        METRICS,
+        OUTPUTS,
+        PAPER_PREPROCESS,
+        STOPS,
+        ClusterOptions,
+        Preprocess,
+    )
+    from histosic.cluster.preprocess import grid_pieces, preprocess_features
+    from histosic.cluster.result import ClusterResult, Step
+    from histosic.cluster.slide import SlideClustering, cluster_slide
+    from histosic.cluster.suggest import suggest_seeds
+
+# Each public name and the submodule it lives in, loaded on first use: `histosic.cluster.options`
+# (numpy-free) then stays cheap to import for the command line, and this package imports nothing
+# that imports it back.
+_WHERE = {
+    "seeded_clustering": "engine",
+    "DEFAULT_METHOD": "options",
+    "METHODS": "options",
+    "METRICS": "options",
+    "OUTPUTS": "options",
+    "PAPER_PREPROCESS": "options",
+    "STOPS": "options",
+    "ClusterOptions": "options",
+    "Preprocess": "options",
+    "grid_pieces": "preprocess",
+    "preprocess_features": "preprocess",
+    "ClusterResult": "result",
+    "Step": "result",
+    "SlideClustering": "slide",
+    "cluster_slide": "slide",
+    "suggest_seeds": "suggest",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"histosic.cluster.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])
+
 
 __all__ = [
     "DEFAULT_METHOD",

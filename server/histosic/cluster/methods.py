@@ -19,15 +19,13 @@ import numpy.typing as npt
 
 from histosic.cluster.kmeans import seeded_kmeans, seeded_split, sq_norms
 from histosic.cluster.logreg import logreg
-from histosic.cluster.metrics import Metric
+from histosic.cluster.options import METHODS, Metric
 from histosic.cluster.result import Step
 from histosic.cluster.sic import sic
 from histosic.cluster.validation import FloatArray, IntArray
 
 __all__ = [
-    "DEFAULT_METHOD",
     "DISPATCH",
-    "METHODS",
     "MethodOutput",
     "MethodSettings",
     "Problem",
@@ -203,7 +201,5 @@ DISPATCH: dict[str, Callable[[Problem], MethodOutput]] = {
     "logreg": _run_logreg,
     "spreading": _run_spreading,
 }
-#: The method names, in the order the documentation lists them.
-METHODS: tuple[str, ...] = tuple(DISPATCH)
-#: The product default (docs/EVALUATION.md says why).
-DEFAULT_METHOD = "logreg"
+if tuple(DISPATCH) != METHODS:  # pragma: no cover - a method added in one place only
+    raise ImportError(f"cluster.methods.DISPATCH {tuple(DISPATCH)} != options.METHODS {METHODS}")

@@ -7,16 +7,15 @@ numpy only.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
+from histosic.cluster.options import Metric
 from histosic.errors import InvalidInputError
 
 __all__ = [
-    "METRICS",
-    "Metric",
     "all_positive_f1",
     "binary_scores",
     "f1_from_counts",
@@ -25,12 +24,6 @@ __all__ = [
     "make_metric",
     "mcc",
 ]
-
-#: A score of predicted against true class ids (higher is better): ``metric(true, pred)``.
-Metric = Callable[[npt.NDArray[np.int64], npt.NDArray[np.int64]], float]
-
-#: The metric names :func:`make_metric` knows.
-METRICS: tuple[str, ...] = ("f1", "accuracy", "balanced_accuracy", "mcc")
 
 
 def f1_from_counts(tp: float, fp: float, fn: float) -> float:

@@ -1,5 +1,8 @@
 """The clustering options, in one frozen dataclass that every layer passes on unchanged.
 
+This module imports no numpy: the command line declares its flags, defaults and choices from it
+without loading the clustering (``histosic --help`` stays fast).
+
 :class:`ClusterOptions` mirrors the ``histosic.v1.ClusterOptions`` message (protos/histosic/v1/
 clustering.proto) plus ``max_iter``; its defaults are the product's and live only here. The command
 line builds one from its flags (:mod:`histosic.commands._args`), the server from the request
@@ -10,24 +13,39 @@ line builds one from its flags (:mod:`histosic.commands._args`), the server from
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from histosic import config
-from histosic.cluster.methods import DEFAULT_METHOD, METHODS
-from histosic.cluster.metrics import METRICS, Metric
-from histosic.cluster.preprocess import Preprocess
 from histosic.errors import InvalidInputError
 
+#: A score of predicted against true class ids (higher is better): ``metric(true, pred)``, both
+#: int64 arrays of the seed patches (typed loosely here: this module imports no numpy).
+Metric = Callable[[Any, Any], float]
+
 __all__ = [
+    "DEFAULT_METHOD",
     "MAX_SMOOTH_RADIUS",
     "MAX_SUGGEST",
+    "METHODS",
+    "METRICS",
     "OUTPUTS",
+    "PAPER_PREPROCESS",
     "STOPS",
     "ClusterOptions",
     "ClusterOverrides",
+    "Metric",
+    "Preprocess",
 ]
 
+#: The clustering methods (:data:`histosic.cluster.methods.DISPATCH` runs each), in the order the
+#: documentation lists them; ``sic`` is the paper's algorithm.
+METHODS: tuple[str, ...] = ("sic", "seeded-kmeans", "centroid", "logreg", "spreading")
+#: The product default (docs/EVALUATION.md says why).
+DEFAULT_METHOD = "logreg"
+#: The seed-score metrics (:func:`histosic.cluster.metrics.make_metric` builds each).
+METRICS: tuple[str, ...] = ("f1", "accuracy", "balanced_accuracy", "mcc")
 #: The most suggested seeds one clustering may ask for.
 MAX_SUGGEST = 10_000
 #: The largest grid smoothing radius (a (2r+1)^2 neighbourhood; larger blurs tissue regions away).
@@ -37,6 +55,42 @@ STOPS: tuple[str, ...] = ("drop", "strict")
 #: What the clustering's GeoJSON holds: one of config.OUTPUT_KINDS, or "none" (no GeoJSON).
 OUTPUTS: tuple[str, ...] = (*config.OUTPUT_KINDS, "none")
 _MAX_SEED = 2**32  # numpy.random.RandomState takes seeds in [0, 2**32)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Feature cleaning before clustering.
+
+    Parameters
+    ----------
+    regress_nuisance : bool, default=True
+        Regress the per-patch tissue fraction and white-pixel fraction out of the features (ordinary
+        least squares, no labels needed). On real slides the k=2 split of raw embeddings follows
+        these fractions more than tumour. Brightness is deliberately *not* regressed: it carries
+        tumour signal.
+    smooth_radius : int, default=1
+        Average each patch's features with its grid neighbours within this Chebyshev radius
+        (1 = 3x3 neighbourhood); 0 turns smoothing off. Needs the patch grid.
+    l2_normalize : bool, default=False
+        Scale each feature vector to unit length (after the steps above).
+    pca_components : int or None, default=None
+        Keep this many principal components (after the steps above).
+    center_pieces : bool, default=False
+        Subtract each tissue piece's mean feature vector (pieces = groups of patches connected on
+        the patch grid, 8-neighbourhood), after the nuisance regression. Separate pieces (biopsy
+        fragments, or tiles from different patients) often differ by staining more than by tissue
+        type. Needs the patch grid. Harmful when a piece is all one class.
+    """
+
+    regress_nuisance: bool = True
+    smooth_radius: int = 1
+    l2_normalize: bool = False
+    pca_components: int | None = None
+    center_pieces: bool = False
+
+
+#: The paper's setting: raw embeddings.
+PAPER_PREPROCESS = Preprocess(regress_nuisance=False, smooth_radius=0)
 
 
 @dataclass(frozen=True)

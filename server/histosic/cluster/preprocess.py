@@ -7,57 +7,18 @@ asked for.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import numpy.typing as npt
 
+from histosic.cluster.options import Preprocess
 from histosic.cluster.validation import FloatArray, IntArray, check_features
 from histosic.errors import InvalidInputError
 
 __all__ = [
-    "PAPER_PREPROCESS",
-    "Preprocess",
     "apply_preprocess",
     "grid_pieces",
     "preprocess_features",
 ]
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """Feature cleaning before clustering.
-
-    Parameters
-    ----------
-    regress_nuisance : bool, default=True
-        Regress the per-patch tissue fraction and white-pixel fraction out of the features (ordinary
-        least squares, no labels needed). On real slides the k=2 split of raw embeddings follows
-        these fractions more than tumour. Brightness is deliberately *not* regressed: it carries
-        tumour signal.
-    smooth_radius : int, default=1
-        Average each patch's features with its grid neighbours within this Chebyshev radius
-        (1 = 3x3 neighbourhood); 0 turns smoothing off. Needs the patch grid.
-    l2_normalize : bool, default=False
-        Scale each feature vector to unit length (after the steps above).
-    pca_components : int or None, default=None
-        Keep this many principal components (after the steps above).
-    center_pieces : bool, default=False
-        Subtract each tissue piece's mean feature vector (pieces = groups of patches connected on
-        the patch grid, 8-neighbourhood), after the nuisance regression. Separate pieces (biopsy
-        fragments, or tiles from different patients) often differ by staining more than by tissue
-        type. Needs the patch grid. Harmful when a piece is all one class.
-    """
-
-    regress_nuisance: bool = True
-    smooth_radius: int = 1
-    l2_normalize: bool = False
-    pca_components: int | None = None
-    center_pieces: bool = False
-
-
-#: The paper's setting: raw embeddings.
-PAPER_PREPROCESS = Preprocess(regress_nuisance=False, smooth_radius=0)
 
 
 def grid_pieces(grid: npt.ArrayLike) -> IntArray:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from histosic.cluster.preprocess import Preprocess
+from histosic.cluster.options import Preprocess
 from histosic.cluster.validation import FloatArray, IntArray
 
 __all__ = ["ClusterResult", "Step"]

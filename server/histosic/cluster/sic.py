@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from histosic.cluster.kmeans import seeded_kmeans, seeded_split
-from histosic.cluster.metrics import Metric
+from histosic.cluster.options import Metric
 from histosic.cluster.result import Step
 from histosic.cluster.validation import UNLABELLED, FloatArray, IntArray
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from histosic.cluster import ClusterOptions
+    from histosic.cluster.options import ClusterOptions
 
 __all__ = ["add_cluster_options", "add_device", "add_slides", "cluster_options"]
 
@@ -39,7 +39,7 @@ def add_cluster_options(
     :func:`cluster_options` turns the parsed flags into a ``ClusterOptions``.
     """
     from histosic import config
-    from histosic.cluster import METHODS, ClusterOptions
+    from histosic.cluster.options import METHODS, ClusterOptions
 
     defaults = ClusterOptions()
     p.add_argument(
@@ -96,7 +96,7 @@ def cluster_options(args: argparse.Namespace) -> ClusterOptions:
     InvalidInputError
         A value the options reject (unknown method, ``--suggest`` out of range, ...).
     """
-    from histosic.cluster import PAPER_PREPROCESS, ClusterOptions
+    from histosic.cluster.options import PAPER_PREPROCESS, ClusterOptions
 
     options = ClusterOptions(
         method=args.method,

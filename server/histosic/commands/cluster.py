@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING
 from histosic.commands._args import add_cluster_options, cluster_options
 
 if TYPE_CHECKING:
-    from histosic.cluster import ClusterOptions
+    from histosic.cluster import ClusterOptions, SlideClustering
     from histosic.outputs.seedfile import SeedFile
+    from histosic.store import Embeddings
 
 __all__ = ["register", "run"]
 
@@ -93,7 +94,6 @@ def run(args: argparse.Namespace) -> int:
     from histosic.atomic import write_atomic
     from histosic.cluster import cluster_slide
     from histosic.outputs.geojson import to_geojson_bytes
-    from histosic.outputs.labels_csv import write_labels_csv
     from histosic.store import read_embeddings
 
     t_read = time.perf_counter()
@@ -105,16 +105,7 @@ def run(args: argparse.Namespace) -> int:
     data = to_geojson_bytes(emb, clustering, output=options.output, suggest_points=True)
     write_atomic(args.out, data, overwrite=args.overwrite)
     written = [f"{args.out} ({len(data) / 1e6:.1f} MB, {options.output})"]
-    if args.labels_csv is not None:
-        write_labels_csv(args.labels_csv, emb, clustering, overwrite=args.overwrite)
-        written.append(str(args.labels_csv))
-    if args.overlay is not None:
-        from histosic.outputs.overlay import write_overlay
-
-        write_overlay(
-            args.overlay, emb, clustering, overwrite=args.overwrite, slide_path=args.slide
-        )
-        written.append(str(args.overlay))
+    written += _write_extras(args, emb, clustering)
     write_s = time.perf_counter() - t_write
     total = time.perf_counter() - start
     print("wrote " + ", ".join(written))
@@ -135,7 +126,6 @@ def _run_remote(args: argparse.Namespace, seed_file: SeedFile, options: ClusterO
     from histosic import config
     from histosic.errors import InvalidInputError
     from histosic.outputs.geojson import write_geojson
-    from histosic.outputs.labels_csv import write_labels_csv
     from histosic.service.client import cluster_remote, embedding_ref, to_slide_clustering
     from histosic.store import read_embeddings
 
@@ -163,15 +153,26 @@ def _run_remote(args: argparse.Namespace, seed_file: SeedFile, options: ClusterO
     if needs_local:
         emb = read_embeddings(local)
         clustering = to_slide_clustering(remote, emb, seed_file.points, options)
-        if args.labels_csv is not None:
-            write_labels_csv(args.labels_csv, emb, clustering, overwrite=args.overwrite)
-            written.append(str(args.labels_csv))
-        if args.overlay is not None:
-            from histosic.outputs.overlay import write_overlay
-
-            write_overlay(
-                args.overlay, emb, clustering, overwrite=args.overwrite, slide_path=args.slide
-            )
-            written.append(str(args.overlay))
+        written += _write_extras(args, emb, clustering)
     print("wrote " + ", ".join(written))
     return 0
+
+
+def _write_extras(
+    args: argparse.Namespace, emb: Embeddings, clustering: SlideClustering
+) -> list[str]:
+    """``--labels-csv`` and ``--overlay``, where asked for; returns what was written."""
+    from histosic.outputs.labels_csv import write_labels_csv
+
+    written = []
+    if args.labels_csv is not None:
+        write_labels_csv(args.labels_csv, emb, clustering, overwrite=args.overwrite)
+        written.append(str(args.labels_csv))
+    if args.overlay is not None:
+        from histosic.outputs.overlay import write_overlay
+
+        write_overlay(
+            args.overlay, emb, clustering, overwrite=args.overwrite, slide_path=args.slide
+        )
+        written.append(str(args.overlay))
+    return written

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -393,26 +391,17 @@ def test_overlay_without_slide_is_white_canvas(files: dict[str, Any]) -> None:
     assert (arr[0, 0] == 255).all()  # top-left: no patch there, no slide
 
 
-def test_missing_input_is_reported_before_an_existing_output(tmp_path: Path) -> None:
+def test_missing_input_is_reported_before_an_existing_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from histosic.cli import main
+
     out = tmp_path / "result.geojson"
     out.write_text("{}")
     emb = tmp_path / "e.h5"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "histosic",
-            "cluster",
-            str(emb),
-            "--seeds",
-            str(tmp_path / "missing.geojson"),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    code = main(
+        ["cluster", str(emb), "--seeds", str(tmp_path / "missing.geojson"), "--out", str(out)]
     )
-    assert proc.returncode == 1
-    assert "missing.geojson" in proc.stderr
+    assert code == 1
+    assert "missing.geojson" in capsys.readouterr().err
     assert out.read_text() == "{}"

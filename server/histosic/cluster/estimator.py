@@ -32,10 +32,10 @@ class SeededKMeans(ClusterMixin, BaseEstimator):  # type: ignore[misc]
         change cluster during the Lloyd iterations (Seeded-KMeans).
     max_iter : int, default=100
         Maximum number of Lloyd iterations; they stop earlier when no label changes.
-    tol : float, default=0.0
-        Stop also when the summed squared centre shift of an iteration is at most ``tol``
-        (absolute, in squared feature units; :func:`histosic.cluster.kmeans.lloyd` gives the rule).
-        0 runs to the fixed point.
+    tol : float, default=1e-4
+        Stop also when the summed squared centre shift of an iteration is at most ``tol`` times
+        the mean feature variance of ``X`` (scikit-learn's rule and default;
+        :func:`histosic.cluster.kmeans.lloyd`). 0 runs to the fixed point.
     random_state : int, RandomState instance or None, default=None
         Used only for the centres that no seed class provides.
 

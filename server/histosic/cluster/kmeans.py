@@ -32,13 +32,19 @@ __all__ = [
 # used twice (distances, then centre sums), so each iteration streams X from memory once.
 _BLOCK_BYTES = 1 << 21
 
-#: Default centre-shift tolerance of the Lloyd kernels: 0, run to the fixed point (see lloyd).
-DEFAULT_TOL = 0.0
+#: Default centre-shift tolerance of the Lloyd kernels, relative to the data's mean feature
+#: variance: scikit-learn's KMeans default (see lloyd).
+DEFAULT_TOL = 1e-4
 
 
 def sq_norms(X: FloatArray) -> npt.NDArray[np.float64]:
     """Squared row norms (in X's precision: a float64 pass over X costs twice as much)."""
     return np.asarray(np.einsum("ij,ij->i", X, X), dtype=np.float64)
+
+
+def _mean_variance(sq_total: float, mean: npt.NDArray[np.float64], n: int, d: int) -> float:
+    """Mean over features of the variance, from the sum of squares and the column means."""
+    return max(sq_total / max(n, 1) - float(mean @ mean), 0.0) / max(d, 1)
 
 
 def _shift(C: FloatArray, C_prev: FloatArray) -> float:
@@ -71,15 +77,16 @@ def lloyd(
         Rows that keep the given cluster index (Constrained-KMeans).
     max_iter : int, default=100
         Maximum number of iterations (assignment + centre update).
-    tol : float, default=DEFAULT_TOL (0.0)
+    tol : float, default=DEFAULT_TOL (1e-4)
         Iteration ``i`` assigns labels ``L_i`` from the centres ``C_{i-1}`` and moves the centres to
         the means ``C_i``; the iterations stop when ``L_i == L_{i-1}`` (a fixed point: no label
-        changed) or when ``sum |C_i - C_{i-1}|^2 <= tol``, in absolute squared feature units. The
-        default 0 runs to the fixed point, as ``sklearn.cluster.KMeans(tol=0)`` does: the labels
-        are what histosic delivers, and a positive tolerance stops with labels that are not yet
-        Lloyd's answer and that depend on the feature scale. The two-cluster kernel's bounds make
-        the last iterations cheap (they touch only the points near the boundary), so running to
-        the fixed point costs little.
+        changed) or when ``sum |C_i - C_{i-1}|^2 <= tol * v``, ``v`` the mean over features of the
+        variance of ``X``: scikit-learn's rule, so ``KMeans(tol=t)`` and ``tol=t`` here stop
+        alike, and the rule does not depend on the feature scale. ``tol=0`` runs to the fixed
+        point. The default is scikit-learn's: splitting a homogeneous cluster (SIC's unseeded
+        re-splits) can creep on for a hundred iterations with hardly a centre moving, each of
+        them a pass over the cluster, and the seeded splits stop at the fixed point long before
+        the tolerance matters.
 
     Returns
     -------
@@ -96,14 +103,18 @@ def lloyd(
     block = max(256, _BLOCK_BYTES // max(d * X.dtype.itemsize, 1))
     eye = np.eye(k, dtype=X.dtype)
     n_iter = 0
-    for n_iter in range(1, max_iter + 1):  # noqa: B007 - n_iter is returned
+    tol_abs = 0.0
+    for n_iter in range(1, max_iter + 1):
         half_sq = 0.5 * np.einsum("ij,ij->i", C, C)
         sums = np.zeros((k, d), dtype=np.float64)
         new = np.empty(n, dtype=np.int64)
+        sq_total = 0.0
         for start in range(0, n, block):
             Xb = X[start : start + block]
             lab = np.argmax(Xb @ C.T - half_sq, axis=1)
             new[start : start + block] = lab
+            if n_iter == 1 and tol > 0:  # the block is in cache: its squares cost no pass
+                sq_total += float(np.einsum("ij,ij->", Xb, Xb, dtype=np.float64))
             if pinned_idx is None:
                 sums += eye[lab].T @ Xb
         if pinned_idx is not None and pinned_lab is not None:
@@ -111,13 +122,16 @@ def lloyd(
             for start in range(0, n, block):
                 Xb = X[start : start + block]
                 sums += eye[new[start : start + block]].T @ Xb
+        if n_iter == 1 and tol > 0:
+            mean = sums.sum(axis=0) / max(n, 1)
+            tol_abs = tol * _mean_variance(sq_total, mean, n, d)
         counts = np.bincount(new, minlength=k)
         nonempty = counts > 0
         C_prev = C.copy()
         C[nonempty] = (sums[nonempty] / counts[nonempty, None]).astype(X.dtype)
         changed = not np.array_equal(new, labels)
         labels = new
-        if not changed or _shift(C, C_prev) <= tol:
+        if not changed or _shift(C, C_prev) <= tol_abs:
             break
     return labels, C, n_iter
 
@@ -165,6 +179,7 @@ def lloyd2(
     if pinned_mask is not None:
         bound[pinned_mask] = np.inf
     n1 = int(lab.sum())
+    tol_abs = tol * _mean_variance(float(norms @ norms), total / max(n, 1), n, X.shape[1])
     n_iter = 1
     for n_iter in range(1, max_iter + 1):
         # lab holds L_n (assigned from C_{n-1}); move the centres to C_n, its means.
@@ -174,7 +189,7 @@ def lloyd2(
             c[1] = s1 / n1
         if n0 > 0:
             c[0] = (total - s1) / n0
-        if n_iter == max_iter or _shift(c, c_prev) <= tol:
+        if n_iter == max_iter or _shift(c, c_prev) <= tol_abs:
             break
         w_new = c[1] - c[0]
         b_new = 0.5 * (c[1] @ c[1] - c[0] @ c[0])

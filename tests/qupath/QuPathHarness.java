@@ -5,6 +5,7 @@
 //                        every object (type, class names, colours, ROI, measurements, id) on stdout
 //   export SPEC OUT      point annotations (PathObjects.createAnnotationObject(ROIs.createPointsROI,
 //                        PathClass.fromString)) from SPEC, written by QuPath's exporter to OUT
+// Both load QuPath's standard classes first, as the GUI does.
 import com.google.gson.Gson;
 import com.google.gson.GsonBuilder;
 import com.google.gson.JsonArray;
@@ -96,6 +97,10 @@ public class QuPathHarness {
     }
 
     public static void main(String[] args) throws Exception {
+        // QuPath's GUI holds the standard classes (Tumor, Stroma, ...) from start-up. Without
+        // this, a derived class read first ("Tumor: Positive") creates its base class "Tumor"
+        // with the name's hash colour, and the cached class then wins over the file's colour.
+        PathClass.StandardPathClasses.TUMOR.getColor();
         Gson gson = new GsonBuilder().serializeSpecialFloatingPointValues().serializeNulls().create();
         if (args[0].equals("read")) {
             List<PathObject> objects = PathIO.readObjects(new File(args[1]));

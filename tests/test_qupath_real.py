@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from qupath_jars import VERSION_PARAMS, qupath_jars
 from shapely.geometry import shape
 from test_qupath_data import (
     make_embeddings,
@@ -39,47 +39,7 @@ from histosic.outputs.seedfile import iter_features, read_seeds
 from histosic.service import ServerConfig, create_server
 from histosic.store import Embeddings, write_embeddings
 
-ROOT = Path(__file__).resolve().parents[1]
-QUPATH = ROOT.parent / "shared" / "qupath"
-HARNESS = ROOT / "tests" / "qupath" / "QuPathHarness.java"
-DEBIAN_JARS = {
-    "gson": "libgoogle-gson-java",
-    "guava": "libguava-java",
-    "commons-math3": "libcommons-math3-java",
-    "picocli": "libpicocli-java",
-    "slf4j-api": "libslf4j-java",
-    "slf4j-simple": "libslf4j-java",
-    "snakeyaml": "libyaml-snake-java",
-}
-# QuPath 0.5 uses Debian's JTS and ImageJ; 0.6 and 0.7 carry their own builds.
-DEBIAN_JARS_05 = {"jts-core": "libjts-java", "ij": "libij-java"}
-# The Java each QuPath line needs (its build's --release).
-JAVA_NEEDED = {"0.5": 17, "0.6": 21, "0.7": 25}
-
-
-def _versions() -> list[str]:
-    if not QUPATH.is_dir():
-        return []
-    found = [
-        d.name
-        for d in QUPATH.iterdir()
-        if re.fullmatch(r"\d+\.\d+\.\d+", d.name) and list(d.glob("qupath-core-*.jar"))
-    ]
-    return sorted(found, key=lambda v: tuple(int(p) for p in v.split(".")))
-
-
-def _java_homes() -> list[tuple[int, Path]]:
-    """(major version, home) of every JDK with javac under /usr/lib/jvm, smallest first."""
-    homes: dict[Path, int] = {}
-    for release in Path("/usr/lib/jvm").glob("*/release"):
-        home = release.parent.resolve()
-        m = re.search(r'JAVA_VERSION="(\d+)', release.read_text(errors="replace"))
-        if m and (home / "bin" / "javac").exists():
-            homes[home] = int(m.group(1))
-    return sorted((v, h) for h, v in homes.items())
-
-
-VERSIONS = _versions()
+HARNESS = Path(__file__).resolve().parent / "qupath" / "QuPathHarness.java"
 pytestmark = [pytest.mark.slow, pytest.mark.qupath_jars]
 
 
@@ -114,40 +74,28 @@ class Harness:
         return out
 
 
-VERSION_PARAMS: list[Any] = [pytest.param(v, id=v) for v in VERSIONS] or [
-    pytest.param("none", marks=pytest.mark.skip(reason=f"no QuPath jars in {QUPATH}"))
-]
-
-
 @pytest.fixture(scope="module", params=VERSION_PARAMS)
 def qupath(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Harness:
     version: str = request.param
-    needed = JAVA_NEEDED.get(".".join(version.split(".")[:2]), 25)
-    homes = [h for v, h in _java_homes() if v >= needed]
-    if not homes:
-        pytest.skip(
-            f"QuPath {version} needs Java {needed} or newer (e.g. "
-            "/usr/lib/jvm/temurin-25-jdk-amd64); none is installed"
-        )
-    wanted = dict(DEBIAN_JARS, **(DEBIAN_JARS_05 if version.startswith("0.5.") else {}))
-    missing = {j: pkg for j, pkg in wanted.items() if not Path(f"/usr/share/java/{j}.jar").exists()}
-    if missing:
-        pytest.skip(
-            f"QuPath {version} needs /usr/share/java/{{{','.join(missing)}}}.jar (Debian: "
-            f"{' '.join(sorted(set(missing.values())))}; make test installs them as root)"
-        )
-    jars = sorted(str(j) for j in (QUPATH / version).glob("*.jar"))
-    jars += [f"/usr/share/java/{j}.jar" for j in wanted]
+    found = qupath_jars(version)
+    jars = list(found.jars)
     classes = tmp_path_factory.mktemp(f"harness-{version}")
     proc = subprocess.run(
-        [str(homes[0] / "bin" / "javac"), "-nowarn", "-cp", ":".join(jars), "-d", str(classes)]
+        [
+            str(found.java_home / "bin" / "javac"),
+            "-nowarn",
+            "-cp",
+            ":".join(jars),
+            "-d",
+            str(classes),
+        ]
         + [str(HARNESS)],
         capture_output=True,
         text=True,
         timeout=180,
     )
     assert proc.returncode == 0, proc.stderr
-    return Harness(version, homes[0] / "bin" / "java", ":".join([str(classes), *jars]))
+    return Harness(version, found.java_home / "bin" / "java", ":".join([str(classes), *jars]))
 
 
 # --------------------------------------------------------------------------------------------------

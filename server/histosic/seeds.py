@@ -74,8 +74,9 @@ class SeedMapping:
         SIC class id of each patch, -1 where unseeded (the ``seeds`` argument of
         :func:`histosic.cluster.seeded_clustering`).
     class_names : tuple of str
-        Class name of each class id (index = id). In binary mode id 1 is the positive class and
-        id 0 the negative class, which collects every other seed class.
+        Class name of each class id (index = id). In binary mode id 1 is the positive class (its
+        derived classes included) and id 0 the negative class, which collects every other seed
+        class under their common name (``Other`` when they share none).
     positive : int or None
         Id of the positive class in binary mode; None in multi-class mode.
     used : list of SeedPoint

@@ -178,3 +178,20 @@ def test_cluster_rpc_counts_derived_positive(
         timeout=60,
     )
     assert tuple(resp_mc.class_names) == ("Stroma", "Tumor", "Tumor: Positive")
+
+
+def test_base_and_derived_class_on_one_patch(slide: dict[str, Any]) -> None:
+    """In binary mode ``Tumor`` and ``Tumor: Positive`` are one class: no conflict on a patch;
+    in multi-class mode they are two classes, and the patch is left out."""
+    emb: Embeddings = slide["emb"]
+    c = slide["clicks"]
+    x, y = (float(v) for v in c["Tumor"][0])
+    pts = [SeedPoint(x, y, "Tumor"), SeedPoint(x + 1, y + 1, "Tumor: Positive")]
+    pts += [SeedPoint(float(a), float(b), "Tumor") for a, b in c["Tumor"][1:]]
+    pts += [SeedPoint(float(a), float(b), "Stroma") for a, b in c["Stroma"]]
+    m = map_seeds(emb, pts)
+    assert m.n_ignored == 0 and m.n_used == 13
+    assert m.seeded_patches_per_class() == {"Stroma": 6, "Tumor": 6}
+    mc = map_seeds(emb, pts, multiclass=True)
+    assert [i.reason.split(":")[0] for i in mc.ignored] == ["conflicting classes"] * 2
+    assert mc.class_names == ("Stroma", "Tumor")

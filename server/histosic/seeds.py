@@ -332,14 +332,25 @@ def map_seeds(
         for at, p in candidates:
             ignored.append(IgnoredSeed(p, "off tissue: the embedding file has no patches", at))
 
-    # A patch clicked with two different classes cannot seed either.
+    # A patch clicked with two different classes cannot seed either. In binary mode the positive
+    # class and its derived classes (``Tumor``, ``Tumor: Positive``) are one class.
+    pos_found = (
+        None
+        if multiclass
+        else _resolve_name(positive, _ancestors(p.class_name.strip() for _, p in located))
+    )
+
+    def class_key(p: SeedPoint) -> str:
+        name = p.class_name.strip()
+        return pos_found if pos_found is not None and _derives_from(name, pos_found) else name
+
     classes_on_patch: dict[int, set[str]] = {}
     for (_, p), i in zip(located, patch_of, strict=True):
-        classes_on_patch.setdefault(i, set()).add(p.class_name.strip())
+        classes_on_patch.setdefault(i, set()).add(class_key(p))
     used: list[SeedPoint] = []
     used_patch: list[int] = []
     for (at, p), i in zip(located, patch_of, strict=True):
-        others = classes_on_patch[i] - {p.class_name.strip()}
+        others = classes_on_patch[i] - {class_key(p)}
         if others:
             ignored.append(
                 IgnoredSeed(

@@ -25,16 +25,26 @@ $(VENV)/.installed-demo: pyproject.toml | $(PY)
 install: $(VENV)/.installed-all
 install-demo: $(VENV)/.installed-demo
 
-# System packages the tests use (Java + Groovy for the QuPath scripts), on Debian when run as root.
+# System packages the tests use, from Debian: Java and Groovy for the QuPath scripts, and the
+# libraries QuPath's own jars (../shared/qupath/<version>/, tests/test_qupath_real.py) run on.
+# Only missing packages are installed, and only as root; otherwise a warning names them.
+SYSTEM_PACKAGES := default-jdk-headless groovy libgoogle-gson-java libguava-java \
+  libcommons-math3-java libpicocli-java libslf4j-java libyaml-snake-java libjts-java libij-java
+
 system-deps:
-	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
-	  if ! command -v groovy >/dev/null 2>&1 || [ ! -f /usr/share/java/gson.jar ]; then \
-	    echo "installing Java and Groovy from Debian (for the Groovy script tests)"; \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jdk-headless groovy libgoogle-gson-java >/dev/null 2>&1 || \
-	    (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jdk-headless groovy libgoogle-gson-java >/dev/null) || \
-	    echo "warning: could not install groovy; Groovy tests will be skipped"; \
-	  fi; \
-	fi
+	@command -v dpkg-query >/dev/null 2>&1 || exit 0; \
+	missing=""; for p in $(SYSTEM_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	[ -z "$$missing" ] && exit 0; \
+	if [ "$$(id -u)" != "0" ] || ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "warning: missing Debian packages:$$missing (install them as root: apt-get install$$missing); the Groovy and real-QuPath tests that need them will be skipped"; \
+	  exit 0; \
+	fi; \
+	echo "installing from Debian:$$missing"; \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null 2>&1 || \
+	  (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null 2>&1) || \
+	  echo "warning: could not install$$missing; the Groovy and real-QuPath tests that need them will be skipped"
 
 demo: install-demo
 	$(BIN)/histosic demo

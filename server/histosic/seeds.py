@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 from histosic.config import DEFAULT_POSITIVE_CLASS
 from histosic.errors import InvalidInputError
+from histosic.outputs.qupath_classes import split_class_names
 
 if TYPE_CHECKING:
     from histosic.store import Embeddings
@@ -73,8 +74,9 @@ class SeedMapping:
         SIC class id of each patch, -1 where unseeded (the ``seeds`` argument of
         :func:`histosic.cluster.seeded_clustering`).
     class_names : tuple of str
-        Class name of each class id (index = id). In binary mode id 1 is the positive class and
-        id 0 the negative class, which collects every other seed class.
+        Class name of each class id (index = id). In binary mode id 1 is the positive class (its
+        derived classes included) and id 0 the negative class, which collects every other seed
+        class under their common name (``Other`` when they share none).
     positive : int or None
         Id of the positive class in binary mode; None in multi-class mode.
     used : list of SeedPoint
@@ -150,42 +152,81 @@ def _resolve_name(name: str, names: Iterable[str]) -> str | None:
     return folded[0] if len(folded) == 1 else None
 
 
+def _parts(name: str) -> tuple[str, ...]:
+    return tuple(split_class_names(name))
+
+
+def _derives_from(name: str, base: str) -> bool:
+    """True when ``name`` is ``base`` or a class derived from it (``Tumor: Positive`` from
+    ``Tumor``), as QuPath's ``PathClass.isDerivedFrom`` / ``getParentClass`` chain sees it."""
+    b = _parts(base)
+    return bool(b) and _parts(name)[: len(b)] == b
+
+
+def _ancestors(names: Iterable[str]) -> list[str]:
+    """Every name and every class it derives from (``Tumor: Positive`` -> ``Tumor``)."""
+    out: set[str] = set()
+    for n in names:
+        parts = _parts(n)
+        out.update(": ".join(parts[:k]) for k in range(1, len(parts) + 1))
+    return sorted(out)
+
+
+def _negative_name(negatives: Sequence[str], pos: str) -> str:
+    """One name for the negative seed classes: their own when they agree (``Stroma`` and
+    ``Stroma: Negative`` give ``Stroma``), else QuPath's catch-all ``Other``."""
+    parts = [_parts(n) for n in negatives]
+    common: list[str] = []
+    for level in zip(*parts, strict=False):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    if common:
+        return ": ".join(common)
+    return "Other" if pos != "Other" else "Negative"
+
+
 def _class_ids(
     names_used: Sequence[str], positive: str, multiclass: bool
 ) -> tuple[tuple[str, ...], int | None, dict[str, str]]:
-    """Class names per id, the positive id, and seed name -> class name."""
+    """Class names per id, the positive id, and seed name -> class name.
+
+    Names are QuPath's full class strings; a derived class (``Tumor: Positive``) is its own class
+    in multi-class mode, and counts as its base class in binary mode.
+    """
     distinct = sorted(set(names_used))
     if multiclass and len(distinct) >= 2:
         # Two classes are a binary problem for SIC; its positive class must be one of them.
-        pos_mc = _resolve_name(positive, distinct)
-        pos_id = None if len(distinct) > 2 else (distinct.index(pos_mc) if pos_mc else 1)
+        pos_id: int | None = None
+        if len(distinct) == 2:
+            pos_mc = _resolve_name(positive, distinct)
+            if pos_mc is None:
+                derived = [n for n in distinct if _derives_from(n, positive)]
+                pos_mc = derived[0] if len(derived) == 1 else None
+            pos_id = distinct.index(pos_mc) if pos_mc else 1
         return tuple(distinct), pos_id, {n: n for n in distinct}
     if multiclass:
         raise InvalidInputError(
             f"all usable seeds have the class {distinct[0]!r}; clustering needs seeds of at least "
             "two classes: add points on tissue of another class"
         )
-    pos = _resolve_name(positive, distinct)
+    # The positive class may be named by a seed class or a class a seed class derives from.
+    pos = _resolve_name(positive, _ancestors(distinct))
     if pos is None:
         raise InvalidInputError(
-            f"no usable seed has the positive class {positive!r}; the seed classes are "
-            f"{distinct}. Pass the positive class with --positive NAME (positive=...), or ask for "
-            "multi-class clustering with --multiclass"
+            f"no usable seed has the positive class {positive!r} (or a class derived from it); "
+            f"the seed classes are {distinct}. Pass the positive class with --positive NAME "
+            "(positive=...), or ask for multi-class clustering with --multiclass"
         )
-    negatives = [n for n in distinct if n != pos]
+    negatives = [n for n in distinct if not _derives_from(n, pos)]
     if not negatives:
         raise InvalidInputError(
-            f"all usable seeds have the class {pos!r}; binary clustering needs seeds of at least "
-            "one other class too (e.g. 'Stroma' or 'Other'): add a few points on tissue that is "
-            f"not {pos!r}"
+            f"all usable seeds have the class {pos!r} (or a class derived from it: "
+            f"{distinct}); binary clustering needs seeds of at least one other class too (e.g. "
+            f"'Stroma' or 'Other'): add a few points on tissue that is not {pos!r}"
         )
-    if len(negatives) == 1:
-        negative_name = negatives[0]
-    else:
-        # Several negative classes merge into one: QuPath's built-in catch-all "Other", unless the
-        # positive class is called that.
-        negative_name = "Other" if pos != "Other" else "Negative"
-    mapping = {n: (pos if n == pos else negative_name) for n in distinct}
+    negative_name = _negative_name(negatives, pos)
+    mapping = {n: (pos if _derives_from(n, pos) else negative_name) for n in distinct}
     return (negative_name, pos), 1, mapping
 
 
@@ -205,11 +246,14 @@ def map_seeds(
     points : iterable of SeedPoint
         Level-0 pixel coordinates with QuPath class names.
     positive : str, default "Tumor"
-        Positive class for binary clustering; every other seed class becomes one negative class.
-        Matched exactly, else case-insensitively when that is unique.
+        Positive class for binary clustering; a class derived from it (``Tumor: Positive``, as
+        QuPath writes ``"names": ["Tumor", "Positive"]``) is positive too. Every other seed class
+        becomes one negative class, named as the seeds are when they agree (``Stroma``, or the
+        class they all derive from), else ``Other``. Matched exactly, else case-insensitively when
+        that is unique.
     multiclass : bool, default False
-        Keep every seed class as its own class (needs three or more classes; with two classes the
-        result is the same as binary).
+        Keep every seed class as its own class, a derived class by its full name (needs three or
+        more classes; with two classes the result is the same as binary).
 
     Returns
     -------
@@ -288,14 +332,25 @@ def map_seeds(
         for at, p in candidates:
             ignored.append(IgnoredSeed(p, "off tissue: the embedding file has no patches", at))
 
-    # A patch clicked with two different classes cannot seed either.
+    # A patch clicked with two different classes cannot seed either. In binary mode the positive
+    # class and its derived classes (``Tumor``, ``Tumor: Positive``) are one class.
+    pos_found = (
+        None
+        if multiclass
+        else _resolve_name(positive, _ancestors(p.class_name.strip() for _, p in located))
+    )
+
+    def class_key(p: SeedPoint) -> str:
+        name = p.class_name.strip()
+        return pos_found if pos_found is not None and _derives_from(name, pos_found) else name
+
     classes_on_patch: dict[int, set[str]] = {}
     for (_, p), i in zip(located, patch_of, strict=True):
-        classes_on_patch.setdefault(i, set()).add(p.class_name.strip())
+        classes_on_patch.setdefault(i, set()).add(class_key(p))
     used: list[SeedPoint] = []
     used_patch: list[int] = []
     for (at, p), i in zip(located, patch_of, strict=True):
-        others = classes_on_patch[i] - {p.class_name.strip()}
+        others = classes_on_patch[i] - {class_key(p)}
         if others:
             ignored.append(
                 IgnoredSeed(

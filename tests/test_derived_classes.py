@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import pytest
 from test_qupath_data import (
@@ -22,11 +21,11 @@ from test_qupath_data import (
     seeds_from_truth,
     write_seed_file,
 )
+from test_service_support import clustering_stub
 
 from histosic import cli
 from histosic.api.v1 import clustering_pb2, clustering_pb2_grpc, common_pb2
 from histosic.seeds import SeedPoint, map_seeds
-from histosic.service import ServerConfig, create_server
 from histosic.store import Embeddings, write_embeddings
 
 
@@ -134,17 +133,8 @@ def test_cli_multiclass_keeps_full_derived_names(
 
 @pytest.fixture(scope="module")
 def server(slide: dict[str, Any]) -> Iterator[clustering_pb2_grpc.ClusteringServiceStub]:
-    config = ServerConfig(
-        store=slide["dir"], slide_roots=(slide["dir"],), http_address="127.0.0.1:0"
-    )
-    srv, port = create_server("127.0.0.1:0", config)
-    srv.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield clustering_pb2_grpc.ClusteringServiceStub(channel)
-    finally:
-        channel.close()
-        srv.stop(grace=1.0)
+    with clustering_stub(slide["dir"]) as stub:
+        yield stub
 
 
 def test_cluster_rpc_counts_derived_positive(

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import pytest
 from qupath_jars import VERSION_PARAMS, qupath_jars
@@ -31,12 +30,12 @@ from test_qupath_data import (
     seeds_from_truth,
     write_seed_file,
 )
+from test_service_support import clustering_stub
 
 from histosic import cli
 from histosic.api.v1 import clustering_pb2, clustering_pb2_grpc, common_pb2
 from histosic.outputs.qupath_classes import SUGGESTED_SEED_CLASS, split_class_names
 from histosic.outputs.seedfile import iter_features, read_seeds
-from histosic.service import ServerConfig, create_server
 from histosic.store import Embeddings, write_embeddings
 
 HARNESS = Path(__file__).resolve().parent / "qupath" / "QuPathHarness.java"
@@ -363,17 +362,8 @@ def test_seeds_exported_by_qupath_cluster(
 
 @pytest.fixture(scope="module")
 def server(slide: dict[str, Any]) -> Iterator[clustering_pb2_grpc.ClusteringServiceStub]:
-    config = ServerConfig(
-        store=slide["dir"], slide_roots=(slide["dir"],), http_address="127.0.0.1:0"
-    )
-    srv, port = create_server("127.0.0.1:0", config)
-    srv.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield clustering_pb2_grpc.ClusteringServiceStub(channel)
-    finally:
-        channel.close()
-        srv.stop(grace=1.0)
+    with clustering_stub(slide["dir"]) as stub:
+        yield stub
 
 
 def test_seeds_exported_by_qupath_through_cluster_rpc(

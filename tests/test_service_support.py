@@ -9,7 +9,8 @@ import json
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from histosic.api.v1 import clustering_pb2_grpc
+from histosic.service import ServerConfig, create_server
 from histosic.store import EmbeddingMeta, Embeddings, write_embeddings
 
 __all__ = [
@@ -132,3 +135,17 @@ def env_without_token() -> dict[str, str]:
 
 def seeds_json(points: Sequence[tuple[float, float, str]]) -> list[dict[str, Any]]:
     return [{"x": x, "y": y, "className": c} for x, y, c in points]
+
+
+@contextmanager
+def clustering_stub(store: Path) -> Iterator[clustering_pb2_grpc.ClusteringServiceStub]:
+    """A real server on free ports over ``store`` (also its slide root), and a gRPC stub to it."""
+    config = ServerConfig(store=store, slide_roots=(store,), http_address="127.0.0.1:0")
+    srv, port = create_server("127.0.0.1:0", config)
+    srv.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield clustering_pb2_grpc.ClusteringServiceStub(channel)
+    finally:
+        channel.close()
+        srv.stop(grace=1.0)

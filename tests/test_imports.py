@@ -36,6 +36,13 @@ CORE = [
 HEAVY = ["torch", "grpc", "paquo", "openslide", "tiffslide", "skimage", "sklearn", "umap"]
 
 
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    """``code`` in a fresh interpreter (what it imports is all that is loaded); must succeed."""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
 def test_core_modules_are_light() -> None:
     # One fresh interpreter per module would take a second each; one that imports them one after
     # another, recording what each adds, tells the same.
@@ -49,8 +56,7 @@ def test_core_modules_are_light() -> None:
         "        print(m, ','.join(loaded))\n"
         "        break\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
+    r = _python(code)
     assert r.stdout.strip() == "", f"importing {r.stdout.strip()}"
 
 
@@ -60,8 +66,7 @@ def test_embed_commands_import_lazily() -> None:
         "import histosic.commands.embed, histosic.commands.models\n"
         "print('torch' in sys.modules)\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
+    r = _python(code)
     assert r.stdout.strip() == "False"
 
 
@@ -72,8 +77,7 @@ def test_clustering_imports_numpy_only() -> None:
         "import sys, histosic.cluster\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'sklearn', 'scipy', 'h5py'}))\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
+    r = _python(code)
     assert r.stdout.strip() == "[]"
 
 
@@ -82,6 +86,5 @@ def test_client_is_a_library_without_the_command_line() -> None:
         "import sys, histosic.service.client\n"
         "print(sorted(m for m in sys.modules if m.startswith('histosic.commands')))\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
+    r = _python(code)
     assert r.stdout.strip() == "[]"

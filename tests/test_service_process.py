@@ -28,14 +28,20 @@ _LISTENING = re.compile(r"gRPC on grpc://127\.0\.0\.1:(\d+), Connect on http://1
 class ServeProcess:
     """``histosic serve`` on free ports, started and stopped by the test."""
 
-    def __init__(self, store: Path, slides: Path, *extra: str) -> None:
+    def __init__(
+        self,
+        store: Path,
+        slides: Path,
+        *extra: str,
+        launcher: tuple[str, ...] = ("-m", "histosic"),
+    ) -> None:
+        """``launcher``: what follows the interpreter (``-c CODE`` runs the CLI another way)."""
         env = env_without_token()
         env["OMP_NUM_THREADS"] = "1"
         self.proc = subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                "histosic",
+                *launcher,
                 "serve",
                 "--port",
                 "0",

@@ -8,16 +8,12 @@ embedding job must be FAILED_PRECONDITION naming the extra; clustering stays ava
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 
 import pytest
-from test_service_support import connect_call, env_without_token, make_slide
+from test_service_process import ServeProcess
+from test_service_support import connect_call, make_slide
 
-_LISTENING = re.compile(r"gRPC on grpc://127\.0\.0\.1:(\d+), Connect on http://127\.0\.0\.1:(\d+)")
 HIDDEN = ("torch", "torchvision", "timm")
 _NO_TORCH = (
     "import sys\n"
@@ -36,57 +32,11 @@ def http_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     (root / "store").mkdir()
     (root / "slides").mkdir()
     make_slide(root / "slides" / "s1.png", size=512)
-    env = env_without_token()
-    env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            _NO_TORCH,
-            "serve",
-            "--port",
-            "0",
-            "--http-port",
-            "0",
-            "--store",
-            str(root / "store"),
-            "--slide-root",
-            str(root / "slides"),
-            "--device",
-            "cpu",
-            "--embed-workers",
-            "0",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    assert proc.stdout is not None
-    lines: list[str] = []
-    port = None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        m = _LISTENING.search(line)
-        if m:
-            port = int(m.group(2))
-            break
-    if port is None:
-        proc.kill()
-        raise AssertionError("server did not start:\n" + "".join(lines))
+    server = ServeProcess(root / "store", root / "slides", launcher=("-c", _NO_TORCH))
     try:
-        yield port
+        yield server.http_port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.close()
 
 
 def test_list_models_answers_without_torch(http_port: int) -> None:

@@ -13,7 +13,7 @@ import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from histosic.cluster.estimator import SeededKMeans
-from histosic.cluster.kmeans import lloyd, lloyd2
+from histosic.cluster.kmeans import centroid_confidence, col_sums, lloyd, lloyd2, sq_norms
 from histosic.errors import InvalidInputError
 
 
@@ -159,3 +159,28 @@ def test_tolerance_stops_on_the_centre_shift(kernel: Callable[..., Any]) -> None
 def test_estimator_tol_is_validated() -> None:
     with pytest.raises(InvalidInputError, match="tol must be a number >= 0"):
         SeededKMeans(tol=-1.0).fit(np.zeros((4, 2)))
+
+
+@pytest.mark.parametrize("n_classes", [2, 3, 5])
+@pytest.mark.parametrize("with_totals", [False, True])
+def test_centroid_confidence_matches_the_plain_formula(n_classes: int, with_totals: bool) -> None:
+    """The gathered class sums (largest class = column sums minus the others) and the blocked
+    products give the confidence of the plain formula, for balanced and very unbalanced classes."""
+    rng = np.random.default_rng(3)
+    n, d = 5000, 24
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    # One class with most patches, others small (the gather path), and one mid-sized class.
+    p = np.r_[0.7, np.full(n_classes - 1, 0.3 / (n_classes - 1))]
+    labels = rng.choice(n_classes, size=n, p=p).astype(np.int64)
+    classes = list(range(n_classes))
+    C = np.stack([X[labels == c].astype(np.float64).mean(0) for c in classes])
+    dist = np.sqrt(((X[:, None, :].astype(np.float64) - C[None]) ** 2).sum(-1))
+    own = dist[np.arange(n), labels]
+    dist[np.arange(n), labels] = np.inf
+    other = dist.min(1)
+    expected = other / (own + other)
+    kw = {}
+    if with_totals:
+        kw = {"sq_norms_X": sq_norms(X), "total": col_sums(X)}
+    got = centroid_confidence(X, labels, classes, **kw)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)

@@ -123,8 +123,9 @@ def seeded_clustering(
             Step(0, opts.method, score, tuple(int(np.sum(labels == c)) for c in classes), True)
         ]
     if confidence is None:
-        # sic and seeded-kmeans computed the row norms already (Problem caches them).
-        confidence = centroid_confidence(Xp, labels, classes, problem.sq_norms)
+        # sic and seeded-kmeans computed the row norms and column sums already (Problem caches
+        # them).
+        confidence = centroid_confidence(Xp, labels, classes, problem.sq_norms, problem.col_sums)
     return ClusterResult(
         labels=labels.astype(np.int64),
         confidence=np.asarray(confidence, dtype=np.float64),

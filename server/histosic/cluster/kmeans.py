@@ -20,6 +20,7 @@ from histosic.errors import InvalidInputError
 __all__ = [
     "DEFAULT_TOL",
     "centroid_confidence",
+    "col_sums",
     "kmeans_pp_init",
     "lloyd",
     "lloyd2",
@@ -38,8 +39,33 @@ DEFAULT_TOL = 1e-4
 
 
 def sq_norms(X: FloatArray) -> npt.NDArray[np.float64]:
-    """Squared row norms (in X's precision: a float64 pass over X costs twice as much)."""
+    """Squared row norms (in X's precision: a float64 pass over X costs twice as much).
+
+    NumPy 2's ``vecdot`` ufunc is a vectorised dot product per row, faster than ``einsum``.
+    """
+    vecdot = getattr(np, "vecdot", None)
+    if vecdot is not None:
+        return np.asarray(vecdot(X, X), dtype=np.float64)
     return np.asarray(np.einsum("ij,ij->i", X, X), dtype=np.float64)
+
+
+def col_sums(X: FloatArray) -> npt.NDArray[np.float64]:
+    """Column sums of ``X`` in float64 (one matrix-vector pass)."""
+    return np.asarray(np.ones(X.shape[0], dtype=X.dtype) @ X, dtype=np.float64)
+
+
+def _rows_sum(
+    X: FloatArray, mask: npt.NDArray[np.bool_], total: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    """Sum of the rows where ``mask`` holds, in float64: a gather of the smaller side when it is
+    small (a pass over that side only), else one matrix-vector pass over all of ``X``."""
+    count = int(np.count_nonzero(mask))
+    n = X.shape[0]
+    if count <= n // 8:
+        return col_sums(X[mask]) if count else np.zeros(X.shape[1], dtype=np.float64)
+    if n - count <= n // 8:
+        return total - col_sums(X[~mask])
+    return np.asarray(mask.astype(X.dtype) @ X, dtype=np.float64)
 
 
 def _mean_variance(sq_total: float, mean: npt.NDArray[np.float64], n: int, d: int) -> float:
@@ -141,6 +167,7 @@ def lloyd2(
     centers: FloatArray,
     *,
     norms: FloatArray | None = None,
+    total: npt.NDArray[np.float64] | None = None,
     pinned_idx: IntArray | None = None,
     pinned_lab: IntArray | None = None,
     max_iter: int = 100,
@@ -156,7 +183,8 @@ def lloyd2(
     updated from the points that moved.
 
     Parameters and returns as :func:`lloyd` (the same stopping rule, ``tol`` and iteration count),
-    plus ``norms``: the row norms ``|x|`` when the caller has them.
+    plus ``norms`` (the row norms ``|x|``) and ``total`` (the column sums, :func:`col_sums`) when
+    the caller has them.
     """
     n = X.shape[0]
     if norms is None:
@@ -173,8 +201,9 @@ def lloyd2(
         lab[pinned_idx] = pinned_lab == 1
         pinned_mask = np.zeros(n, dtype=bool)
         pinned_mask[pinned_idx] = True
-    total = (np.ones(n, dtype=X.dtype) @ X).astype(np.float64)
-    s1 = (lab.astype(X.dtype) @ X).astype(np.float64)
+    if total is None:
+        total = col_sums(X)
+    s1 = _rows_sum(X, lab, total)
     bound = np.abs(margin)
     if pinned_mask is not None:
         bound[pinned_mask] = np.inf
@@ -263,6 +292,7 @@ def seeded_kmeans(
     max_iter: int,
     rng: np.random.RandomState,
     norms: FloatArray | None = None,
+    total: npt.NDArray[np.float64] | None = None,
     tol: float = DEFAULT_TOL,
 ) -> tuple[IntArray, FloatArray, IntArray, int]:
     """Seeded/Constrained-KMeans on validated data; returns labels, centres, seed classes, n_iter.
@@ -293,6 +323,7 @@ def seeded_kmeans(
             X,
             centers,
             norms=norms,
+            total=total,
             pinned_idx=pinned_idx,
             pinned_lab=pinned_lab,
             max_iter=max_iter,
@@ -312,8 +343,11 @@ def seeded_split(
     constrained: bool,
     max_iter: int,
     norms: FloatArray | None = None,
+    total: npt.NDArray[np.float64] | None = None,
 ) -> IntArray:
-    """Seeded (or constrained) k-means with one cluster per class; returns class ids."""
+    """Seeded (or constrained) k-means with one cluster per class; returns class ids.
+
+    ``norms`` and ``total`` (row norms, column sums of ``X``) are used when given."""
     s_local = np.where(np.isin(s, classes), s, UNLABELLED)
     labels, _, _, _ = seeded_kmeans(
         X,
@@ -323,16 +357,25 @@ def seeded_split(
         max_iter=max_iter,
         rng=np.random.RandomState(0),
         norms=norms,
+        total=total,
     )
     return np.asarray(classes, dtype=np.int64)[labels]
 
 
 def _products(X: FloatArray, C: FloatArray) -> npt.NDArray[np.float64]:
-    """``X @ C.T`` as float64; column by column for a few centres (matrix-vector products stream
-    X faster than a thin matrix-matrix product)."""
-    if C.shape[0] <= 4:
-        return np.stack([X @ c for c in C.astype(X.dtype)], axis=1).astype(np.float64)
-    return (X @ C.astype(X.dtype).T).astype(np.float64)
+    """``X @ C.T`` as float64. For a few centres: matrix-vector products (they stream X faster
+    than a thin matrix-matrix product) on cache-sized blocks, so X is read from memory once."""
+    Cx = np.ascontiguousarray(C.astype(X.dtype))
+    if C.shape[0] > 4:
+        return (X @ Cx.T).astype(np.float64)
+    n = X.shape[0]
+    out = np.empty((n, C.shape[0]), dtype=np.float64)
+    block = max(256, _BLOCK_BYTES // max(X.shape[1] * X.dtype.itemsize, 1))
+    for start in range(0, n, block):
+        Xb = X[start : start + block]
+        for j in range(C.shape[0]):
+            out[start : start + block, j] = Xb @ Cx[j]
+    return out
 
 
 def centroid_confidence(
@@ -340,11 +383,13 @@ def centroid_confidence(
     labels: IntArray,
     classes: Sequence[int],
     sq_norms_X: npt.NDArray[np.float64] | None = None,
+    total: npt.NDArray[np.float64] | None = None,
 ) -> npt.NDArray[np.float64]:
     """``d_other / (d_own + d_other)`` from distances to the class centroids of ``labels``.
 
-    Two passes over X: the class sums (one matrix product with the one-hot labels) and the
-    distances to the centroids.
+    The class sums: with ``total`` (the column sums of X, :func:`col_sums`), the largest class's
+    sum is ``total`` minus the others', which are gathered (a pass over the smaller classes only);
+    then one blocked pass over X for the distances to the centroids.
     """
     cls = np.asarray(classes)
     counts = np.array([np.count_nonzero(labels == c) for c in cls])
@@ -352,8 +397,16 @@ def centroid_confidence(
     if present.size < 2:
         return np.ones(labels.shape[0], dtype=np.float64)
     own_col = np.clip(np.searchsorted(present, labels), 0, present.size - 1)
-    C = np.stack([(own_col == j).astype(X.dtype) @ X for j in range(present.size)])
-    C /= counts[counts > 0][:, None].astype(X.dtype)
+    present_counts = counts[counts > 0]
+    if total is None:
+        total = col_sums(X)
+    sums = np.zeros((present.size, X.shape[1]), dtype=np.float64)
+    largest = int(np.argmax(present_counts))
+    for j in range(present.size):
+        if j != largest:
+            sums[j] = _rows_sum(X, own_col == j, total)
+    sums[largest] = total - sums.sum(axis=0)
+    C = sums / present_counts[:, None]
     if sq_norms_X is None:
         sq_norms_X = sq_norms(X)
     sq = sq_norms_X[:, None] - 2 * _products(X, C)

@@ -17,7 +17,7 @@ from typing import NamedTuple, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from histosic.cluster.kmeans import seeded_kmeans, seeded_split, sq_norms
+from histosic.cluster.kmeans import col_sums, seeded_kmeans, seeded_split, sq_norms
 from histosic.cluster.logreg import logreg
 from histosic.cluster.options import METHODS, Metric
 from histosic.cluster.result import Step
@@ -84,6 +84,11 @@ class Problem:
     def sq_norms(self) -> npt.NDArray[np.float64]:
         """Squared row norms of ``X``, computed once (Lloyd bounds and confidence use them)."""
         return sq_norms(self.X)
+
+    @cached_property
+    def col_sums(self) -> npt.NDArray[np.float64]:
+        """Column sums of ``X`` in float64, computed once (the top split and confidence)."""
+        return col_sums(self.X)
 
 
 class MethodOutput(NamedTuple):
@@ -168,13 +173,16 @@ def _run_sic(p: Problem) -> MethodOutput:
         max_iter=s.max_iter,
         rng=p.rng,
         norms=np.sqrt(p.sq_norms),
+        total=p.col_sums,
     )
     return MethodOutput(labels, None, history)
 
 
 def _run_seeded_kmeans(p: Problem) -> MethodOutput:
     s = p.settings
-    labels = seeded_split(p.X, p.seeds, p.classes, s.constrained, s.max_iter, np.sqrt(p.sq_norms))
+    labels = seeded_split(
+        p.X, p.seeds, p.classes, s.constrained, s.max_iter, np.sqrt(p.sq_norms), p.col_sums
+    )
     return MethodOutput(labels, None, [])
 
 

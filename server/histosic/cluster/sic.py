@@ -9,6 +9,7 @@ choices this implementation makes are in :func:`sic`'s docstring and in its comm
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 from histosic.cluster.kmeans import seeded_kmeans, seeded_split
 from histosic.cluster.options import Metric
@@ -32,16 +33,18 @@ def sic(
     max_iter: int,
     rng: np.random.RandomState,
     norms: FloatArray,
+    total: npt.NDArray[np.float64] | None = None,
 ) -> tuple[IntArray, list[Step]]:
     """The paper's SIC: a seeded split, then repeated re-splits of each target cluster.
 
     Binary: the target is the positive cluster. Multi-class: every class in turn is treated as the
     positive of a one-vs-rest refinement; patches removed from its cluster go to the nearest other
-    class centroid.
+    class centroid. ``norms`` are the row norms of ``X``, ``total`` its column sums (computed
+    here when not given).
     """
     seeded = np.flatnonzero(s >= 0)
     branch0 = "constrained-kmeans" if constrained else "seeded-kmeans"
-    labels = seeded_split(X, s, classes, constrained, max_iter, norms)
+    labels = seeded_split(X, s, classes, constrained, max_iter, norms, total)
     score = score_fn(s[seeded], labels[seeded])
     history = [Step(0, branch0, score, tuple(int(np.sum(labels == c)) for c in classes), True)]
     targets = [positive] if positive is not None else list(classes)

@@ -117,6 +117,7 @@ class EmbeddingMeta:
             "slide_fingerprint": self.slide_fingerprint,
             "model": self.model,
             "weights_hash": self.weights_hash,
+            "mpp": round(self.mpp, 6),
             "target_mpp": round(self.target_mpp, 6),
             "patch_size": self.patch_size,
             "overlap": round(self.overlap, 6),

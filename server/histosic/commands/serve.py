@@ -9,6 +9,8 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from histosic.config import MAX_PATCHES_PER_JOB
+
 __all__ = ["register", "run"]
 
 
@@ -85,6 +87,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--max-queue", type=int, default=64, help="embedding jobs that may wait (default: 64)"
     )
     p.add_argument(
+        "--max-patches-per-job",
+        type=int,
+        default=MAX_PATCHES_PER_JOB,
+        metavar="N",
+        help="largest patch grid (before the tissue filter) a StartEmbedding may ask for; more "
+        "is refused with RESOURCE_EXHAUSTED and the count (default: %(default)s)",
+    )
+    p.add_argument(
         "--token",
         default=None,
         help="require 'authorization: Bearer TOKEN' on every call (default: $HISTOSIC_TOKEN; "
@@ -113,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         "max_request_mb",
         "max_queue",
         "batch_size",
+        "max_patches_per_job",
     ):
         if getattr(args, name) < 1:
             raise InvalidInputError(f"--{name.replace('_', '-')} must be at least 1")
@@ -131,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         cache_bytes=args.cache_mb << 20,
         max_request_bytes=args.max_request_mb << 20,
         max_queue=args.max_queue,
+        max_patches_per_job=args.max_patches_per_job,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         http_address=None if args.http_port == -1 else f"{bracket}:{args.http_port}",

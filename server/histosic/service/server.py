@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from histosic.api.v1 import clustering_pb2, clustering_pb2_grpc, embedding_pb2, embedding_pb2_grpc
 from histosic.catalog import EmbeddingCache, EmbeddingCatalog
+from histosic.config import DEFAULT_SHUTDOWN_GRACE_S, MAX_PATCHES_PER_JOB
 from histosic.errors import InvalidInputError
 from histosic.service.api import HistosicApi
 from histosic.service.connect_service import make_wsgi_app
@@ -58,6 +59,8 @@ class ServerConfig:
     max_request_bytes: int = 16 << 20
     max_response_bytes: int = 512 << 20
     max_queue: int = 64
+    max_patches_per_job: int = MAX_PATCHES_PER_JOB
+    shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
     tls_cert: Path | None = None
     tls_key: Path | None = None
     http_address: str | None = "127.0.0.1:0"  # None = no Connect server
@@ -96,7 +99,13 @@ class HistosicServer:
             max_queue=config.max_queue,
             embed=config.embed,
         )
-        self.api = HistosicApi(self.catalog, self.cache, self.resolver, self.jobs)
+        self.api = HistosicApi(
+            self.catalog,
+            self.cache,
+            self.resolver,
+            self.jobs,
+            max_patches_per_job=config.max_patches_per_job,
+        )
         interceptors = [TokenInterceptor(config.token)] if config.token else []
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 import threading
 from pathlib import Path
 from types import FrameType
 
-from histosic.config import MAX_PATCHES_PER_JOB
+from histosic.config import DEFAULT_SHUTDOWN_GRACE_S, MAX_PATCHES_PER_JOB
 
 __all__ = ["register", "run"]
 
@@ -95,6 +96,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "is refused with RESOURCE_EXHAUSTED and the count (default: %(default)s)",
     )
     p.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=DEFAULT_SHUTDOWN_GRACE_S,
+        metavar="SECONDS",
+        help="on SIGTERM or Ctrl-C, stop within this many seconds: running Cluster calls and "
+        "embedding jobs are ended (default: %(default)s)",
+    )
+    p.add_argument(
         "--token",
         default=None,
         help="require 'authorization: Bearer TOKEN' on every call (default: $HISTOSIC_TOKEN; "
@@ -127,6 +136,10 @@ def run(args: argparse.Namespace) -> int:
     ):
         if getattr(args, name) < 1:
             raise InvalidInputError(f"--{name.replace('_', '-')} must be at least 1")
+    if not (math.isfinite(args.shutdown_grace) and 0 <= args.shutdown_grace <= 3600):
+        raise InvalidInputError(
+            f"--shutdown-grace must be between 0 and 3600 seconds, got {args.shutdown_grace:g}"
+        )
     token = args.token or current_settings().token
     host = args.host
     bracket = f"[{host}]" if ":" in host else host
@@ -143,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
         max_request_bytes=args.max_request_mb << 20,
         max_queue=args.max_queue,
         max_patches_per_job=args.max_patches_per_job,
+        shutdown_grace_s=args.shutdown_grace,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         http_address=None if args.http_port == -1 else f"{bracket}:{args.http_port}",
@@ -180,6 +194,10 @@ def run(args: argparse.Namespace) -> int:
     )
     while not stop.wait(0.5):
         pass
-    print("histosic serve: stopping (running jobs are cancelled)", flush=True)
-    server.stop(grace=10.0)
+    print(
+        f"histosic serve: stopping within {args.shutdown_grace:g} s (running calls and jobs are "
+        "ended)",
+        flush=True,
+    )
+    server.stop(grace=args.shutdown_grace)
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from histosic.catalog import EmbeddingCache, EmbeddingCatalog
 from histosic.config import DEFAULT_SHUTDOWN_GRACE_S, MAX_PATCHES_PER_JOB
 from histosic.errors import InvalidInputError
 from histosic.service.api import HistosicApi
+from histosic.service.calls import CallGuard
 from histosic.service.connect_service import make_wsgi_app
 from histosic.service.grpc_service import ClusteringServicer, EmbeddingServicer, TokenInterceptor
 from histosic.service.jobs import EmbedFunction, JobManager
@@ -121,8 +123,9 @@ class HistosicServer:
         embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(
             EmbeddingServicer(self.api), self.grpc
         )
+        self.guard = CallGuard()
         clustering_pb2_grpc.add_ClusteringServiceServicer_to_server(
-            ClusteringServicer(self.api), self.grpc
+            ClusteringServicer(self.api, self.guard), self.grpc
         )
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
@@ -151,7 +154,10 @@ class HistosicServer:
 
             hhost, hport = _split(config.http_address)
             app = make_wsgi_app(
-                self.api, token=config.token, read_max_bytes=config.max_request_bytes
+                self.api,
+                token=config.token,
+                read_max_bytes=config.max_request_bytes,
+                guard=self.guard,
             )
             try:
                 server = create_http_server(
@@ -168,6 +174,9 @@ class HistosicServer:
                     expose_tracebacks=False,
                     ident="histosic",
                     clear_untrusted_proxy_headers=True,
+                    # A readable channel while a request runs lets waitress notice a client
+                    # that closed its connection (environ["waitress.client_disconnected"]).
+                    channel_request_lookahead=1,
                 )
             except OSError as err:
                 self.grpc.stop(None)
@@ -201,20 +210,30 @@ class HistosicServer:
         )
         return self
 
-    def stop(self, grace: float | None = 5.0) -> None:
-        """Stop accepting calls, cancel jobs (their partial files are removed), then stop."""
+    def stop(self, grace: float | None = None) -> None:
+        """Stop within ``grace`` seconds (default: ``ServerConfig.shutdown_grace_s``).
+
+        New calls are refused at once; running Cluster and Colors calls are ended (CANCELLED) and
+        embedding jobs cancelled between batches (their partial files removed); both ports close.
+        """
         if self._stopped.is_set():
             return
         self._stopped.set()
+        end = time.monotonic() + (self.config.shutdown_grace_s if grace is None else grace)
+
+        def left() -> float:
+            return max(0.0, end - time.monotonic())
+
         self.health.enter_graceful_shutdown()
-        self.jobs.shutdown(timeout=grace if grace is not None else 30.0)
-        done = self.grpc.stop(grace)
+        self.guard.stop()
+        done = self.grpc.stop(left())
+        self.jobs.shutdown(timeout=left())
         if self._http is not None:
-            self._close_http()
-        done.wait(grace)
+            self._close_http(left())
+        done.wait(left())
         log.info("server stopped")
 
-    def _close_http(self) -> None:
+    def _close_http(self, timeout: float) -> None:
         """Close the HTTP server from inside its own event loop.
 
         Closing its sockets from this thread while the loop sits in ``select()`` on them made the
@@ -233,7 +252,7 @@ class HistosicServer:
             wasyncore.close_all(http._map)
 
         http.trigger.pull_trigger(close_all)
-        thread.join(5.0)
+        thread.join(max(timeout, 0.5))
         http.task_dispatcher.shutdown()
 
     def wait(self) -> None:

@@ -84,8 +84,8 @@ def _one_line_disk_full(proc: subprocess.CompletedProcess[str]) -> None:
 
 
 def test_output_larger_than_the_disk(tmp_path: Path) -> None:
-    # 961 patches x 43 floats and their coordinates, about 0.2 MiB, on a 64 KiB disk: refused when the space is
-    # reserved, before any patch is embedded.
+    # 961 patches x 43 floats and their coordinates, about 0.2 MiB, on a 64 KiB disk: refused
+    # when the space is reserved, before any patch is embedded.
     proc, left = _embed_on_tmpfs(tmp_path, "64k")
     _one_line_disk_full(proc)
     assert left == []  # no final file and no .partial

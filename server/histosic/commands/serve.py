@@ -183,7 +183,11 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     server.start()
-    http = f", Connect on http://{bracket}:{server.http_port}" if server.http_port else ""
+    http = (
+        f", Connect on {server.http_scheme}://{bracket}:{server.http_port}"
+        if server.http_port
+        else ""
+    )
     scheme = "grpcs" if args.tls_cert else "grpc"
     print(
         f"histosic serve: gRPC on {scheme}://{bracket}:{port}{http}; "

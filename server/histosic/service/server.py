@@ -28,6 +28,7 @@ from histosic.service.api import HistosicApi
 from histosic.service.calls import CallGuard
 from histosic.service.connect_service import make_wsgi_app
 from histosic.service.grpc_service import ClusteringServicer, EmbeddingServicer, TokenInterceptor
+from histosic.service.https import HttpsServer
 from histosic.service.jobs import EmbedFunction, JobManager
 from histosic.service.paths import SlideResolver
 
@@ -148,47 +149,79 @@ class HistosicServer:
         self._http: Any = None
         self._http_thread: threading.Thread | None = None
         self.http_port = 0
+        self._https: HttpsServer | None = None
         if config.http_address is not None:
-            from waitress.server import BaseWSGIServer
-            from waitress.server import create_server as create_http_server
-
-            hhost, hport = _split(config.http_address)
             app = make_wsgi_app(
                 self.api,
                 token=config.token,
                 read_max_bytes=config.max_request_bytes,
                 guard=self.guard,
             )
-            try:
-                server = create_http_server(
-                    app,
-                    host=hhost,
-                    port=hport,
-                    threads=config.http_threads,
-                    # Connect answers RESOURCE_EXHAUSTED above max_request_bytes; waitress cuts
-                    # the connection only far above it, as a last guard.
-                    max_request_body_size=2 * config.max_request_bytes,
-                    # Keep large responses (the GeoJSON of 100k tiles is ~40 MB) in memory:
-                    # waitress spools anything above 1 MB to a temporary file by default.
-                    outbuf_overflow=64 << 20,
-                    expose_tracebacks=False,
-                    ident="histosic",
-                    clear_untrusted_proxy_headers=True,
-                    # A readable channel while a request runs lets waitress notice a client
-                    # that closed its connection (environ["waitress.client_disconnected"]).
-                    channel_request_lookahead=1,
-                )
-            except OSError as err:
-                self.grpc.stop(None)
-                raise InvalidInputError(
-                    f"cannot bind HTTP to {config.http_address!r}: {err}"
-                ) from err
-            if not isinstance(server, BaseWSGIServer):  # one host name, one socket
-                raise InvalidInputError(
-                    f"HTTP address {config.http_address!r} gives several sockets"
-                )
-            self._http = server
-            self.http_port = int(server.effective_port)  # type: ignore[attr-defined]
+            if config.tls_cert and config.tls_key:
+                self._https = self._bind_https(app, config)
+                self.http_port = self._https.port
+            else:
+                self._http = self._bind_http(app, config)
+                self.http_port = int(self._http.effective_port)
+        self._stopped = threading.Event()
+
+    @property
+    def http_scheme(self) -> str:
+        """``https`` when the Connect port speaks TLS (``--tls-cert``), else ``http``."""
+        return "https" if self._https is not None else "http"
+
+    def _bind_https(self, app: Any, config: ServerConfig) -> HttpsServer:
+        """The Connect port over HTTPS with the gRPC port's certificate (cheroot)."""
+        assert config.http_address is not None and config.tls_cert and config.tls_key
+        hhost, hport = _split(config.http_address)
+        try:
+            return HttpsServer(
+                app,
+                hhost,
+                hport,
+                cert=Path(config.tls_cert),
+                key=Path(config.tls_key),
+                threads=config.http_threads,
+                max_body=2 * config.max_request_bytes,
+            )
+        except InvalidInputError:
+            self.grpc.stop(None)
+            raise
+
+    def _bind_http(self, app: Any, config: ServerConfig) -> Any:
+        """The Connect port over plain HTTP (waitress)."""
+        from waitress.server import BaseWSGIServer
+        from waitress.server import create_server as create_http_server
+
+        assert config.http_address is not None
+        hhost, hport = _split(config.http_address)
+        try:
+            server = create_http_server(
+                app,
+                host=hhost,
+                port=hport,
+                threads=config.http_threads,
+                # Connect answers RESOURCE_EXHAUSTED above max_request_bytes; waitress cuts
+                # the connection only far above it, as a last guard.
+                max_request_body_size=2 * config.max_request_bytes,
+                # Keep large responses (the GeoJSON of 100k tiles is ~40 MB) in memory:
+                # waitress spools anything above 1 MB to a temporary file by default.
+                outbuf_overflow=64 << 20,
+                expose_tracebacks=False,
+                ident="histosic",
+                clear_untrusted_proxy_headers=True,
+                # A readable channel while a request runs lets waitress notice a client
+                # that closed its connection (environ["waitress.client_disconnected"]).
+                channel_request_lookahead=1,
+            )
+        except OSError as err:
+            self.grpc.stop(None)
+            raise InvalidInputError(f"cannot bind HTTP to {config.http_address!r}: {err}") from err
+        if not isinstance(server, BaseWSGIServer):  # one host name, one socket
+            self.grpc.stop(None)
+            raise InvalidInputError(f"HTTP address {config.http_address!r} gives several sockets")
+        return server
+
         self._stopped = threading.Event()
 
     def start(self) -> HistosicServer:
@@ -202,11 +235,13 @@ class HistosicServer:
                 daemon=True,
             )
             self._http_thread.start()
+        if self._https is not None:
+            self._https.start()
         log.info(
             "serving gRPC on %s:%d%s",
             self.host,
             self.port,
-            f", Connect (HTTP) on port {self.http_port}" if self._http is not None else "",
+            f", Connect ({self.http_scheme}) on port {self.http_port}" if self.http_port else "",
         )
         return self
 
@@ -230,6 +265,8 @@ class HistosicServer:
         self.jobs.shutdown(timeout=left())
         if self._http is not None:
             self._close_http(left())
+        if self._https is not None:
+            self._https.close(left())
         done.wait(left())
         log.info("server stopped")
 

@@ -35,7 +35,9 @@ pytestmark = pytest.mark.slow
 
 MODEL = "resnet18-random"
 BATCH = 4
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HISTOSIC_OFFLINE": "1"}
+# A driver joining a cluster with Ray's token authentication (its default) says so; the token is
+# the one ray.init wrote to ~/.ray/auth_token.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HISTOSIC_OFFLINE": "1", "RAY_AUTH_MODE": "token"}
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,6 @@ def cluster() -> Iterator[str]:
         num_cpus=2,
         object_store_memory=200 << 20,
         include_dashboard=False,
-        _node_ip_address="127.0.0.1",
         log_to_driver=False,
     )
     try:
@@ -296,7 +297,9 @@ def test_server_jobs_run_on_ray(
             EmbedRequest("a", slides[0], MODEL, TilingConfig(), tmp_path, batch_size=BATCH)
         )
         bad = jobs.submit(
-            EmbedRequest("missing", tmp_path / "missing.tiff", MODEL, TilingConfig(), tmp_path)
+            EmbedRequest(
+                "missing", tmp_path / "missing.tiff", MODEL, TilingConfig(), tmp_path / "b"
+            )
         )
         done = jobs.wait(ok.job_id, timeout=240)
         failed = jobs.wait(bad.job_id, timeout=240)

@@ -127,7 +127,6 @@ def connect(options: RayOptions) -> Iterator[dict[str, Any]]:
                     None if options.object_store_mb is None else options.object_store_mb << 20
                 ),
                 include_dashboard=False,
-                _node_ip_address="127.0.0.1",  # safe by default: nothing listens beyond loopback
                 log_to_driver=False,
             )
         else:
@@ -135,8 +134,9 @@ def connect(options: RayOptions) -> Iterator[dict[str, Any]]:
                 ray.init(address=options.address, log_to_driver=False)
             except (ConnectionError, RuntimeError, ValueError) as err:
                 raise PreconditionError(
-                    f"cannot connect to the Ray cluster at {options.address!r} ({err}); start it "
-                    "(docs/RAY.md) or use --ray local"
+                    f"cannot connect to the Ray cluster at {options.address!r} ({err}); check the "
+                    "address, set RAY_AUTH_MODE=token (and the cluster's token) if it uses Ray's "
+                    "token authentication, start it (docs/RAY.md) or use --ray local"
                 ) from err
     try:
         res = ray.cluster_resources()

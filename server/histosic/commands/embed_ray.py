@@ -12,11 +12,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from histosic.slides import TissueConfig
-from histosic.tiling import TilingConfig
-
 if TYPE_CHECKING:
     from histosic.embed.ray_run import RayOptions
+    from histosic.slides import TissueConfig
+    from histosic.tiling import TilingConfig
 
 __all__ = ["add_ray_flags", "ray_options", "run_ray"]
 

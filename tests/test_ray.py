@@ -67,6 +67,15 @@ def slides(slide_factory: Callable[..., SyntheticSlide]) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
+def jpeg_slide(slide_factory: Callable[..., SyntheticSlide]) -> Path:
+    """A slide with JPEG tiles (YCbCr, as most scanners write them)."""
+    s = slide_factory(
+        "ray-jpeg.tiff", 1024, 1536, [(200, 150, 900, 700)], compression="jpeg", seed=14
+    )
+    return s.path
+
+
+@pytest.fixture(scope="module")
 def reference(slides: list[Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Each slide embedded by the single-machine pipeline (reading in-process)."""
     out = tmp_path_factory.mktemp("single")
@@ -194,6 +203,26 @@ def test_actor_killed_mid_slide_is_redone(
     assert outcome.status == "done", outcome
     _same_file(Path(outcome.output or ""), reference[str(big.resolve())])
     assert [p.name for p in (tmp_path / "out").iterdir()] == [Path(outcome.output or "").name]
+
+
+def test_jpeg_tiles_decoded_on_the_actors(
+    cluster: str, jpeg_slide: Path, slides: list[Path], tmp_path: Path
+) -> None:
+    # decode='device' sends the compressed tiles to the actors, which decode them with
+    # torchvision (nvJPEG on a GPU, libjpeg-turbo here); a zlib slide in the same run is read by
+    # the readers. Both files are the single-machine pipeline's.
+    ref = embed_slide(jpeg_slide, tmp_path / "ref", model=MODEL, batch_size=BATCH, workers=0)
+    report = embed_archive(
+        [jpeg_slide, slides[0]],
+        tmp_path / "out",
+        ray=RayOptions(address=cluster, decode="device"),
+        model=MODEL,
+        batch_size=BATCH,
+    )
+    jpeg, zlib = report.slides
+    assert (jpeg.status, jpeg.decoded_on) == ("done", "actor")
+    assert (zlib.status, zlib.decoded_on) == ("done", "reader")
+    _same_file(Path(jpeg.output or ""), ref)
 
 
 def _cli(*args: str) -> list[str]:

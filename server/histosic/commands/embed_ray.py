@@ -54,6 +54,13 @@ def add_ray_flags(p: argparse.ArgumentParser, *, report: bool = True) -> None:
         default=1.0,
         help="CPUs each inference actor holds; its torch threads without a GPU (default 1)",
     )
+    g.add_argument(
+        "--ray-decode",
+        choices=("auto", "device", "cpu"),
+        default="auto",
+        help="where JPEG tiles are decoded: auto (on the actors' GPUs, nvJPEG, where the slide "
+        "has JPEG tiles), device (on the actors, also without a GPU) or cpu (the readers)",
+    )
     if report:
         g.add_argument(
             "--report",
@@ -73,6 +80,7 @@ def ray_options(args: argparse.Namespace) -> RayOptions:
         object_store_mb=args.ray_object_store_mb,
         actors=args.ray_actors,
         actor_cpus=args.ray_actor_cpus,
+        decode=args.ray_decode,
     ).validate()
 
 

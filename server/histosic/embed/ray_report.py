@@ -33,6 +33,8 @@ class SlideOutcome:
     seconds: float = 0.0
     error: str | None = None
     error_type: str | None = None
+    #: Where its JPEG tiles were decoded: 'actor' (on the model's device) or 'reader'.
+    decoded_on: str | None = None
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,10 @@ class RayOptions:
         Batches in flight (default 3 per actor, at least 4): bounds the object store's use.
     retries : int
         Restarts of a dead actor and retries of a batch whose worker died.
+    decode : {'auto', 'device', 'cpu'}
+        Where JPEG tiles are decoded: 'auto' on the actors' GPUs (nvJPEG) where the read level is
+        JPEG tiles and on the CPU readers otherwise; 'device' on the actors whatever their
+        device (torchvision's decoder); 'cpu' always on the readers (the slide reader).
     """
 
     address: str = "local"
@@ -80,6 +84,7 @@ class RayOptions:
     reader_cpus: float = 1.0
     window: int | None = None
     retries: int = 3
+    decode: str = "auto"
 
     def validate(self) -> RayOptions:
         if not self.address:
@@ -94,6 +99,10 @@ class RayOptions:
         for name in ("actor_cpus", "reader_cpus"):
             if not getattr(self, name) > 0:
                 raise InvalidInputError(f"Ray option {name} must be above 0")
+        if self.decode not in ("auto", "device", "cpu"):
+            raise InvalidInputError(
+                f"Ray option decode must be 'auto', 'device' or 'cpu', got {self.decode!r}"
+            )
         if self.retries < 0:
             raise InvalidInputError(f"Ray option retries must be 0 or more, got {self.retries}")
         return self
@@ -205,7 +214,7 @@ class _Driver:
 
     # -- actors and tasks -----------------------------------------------------------------------
     def _start_actors(self, cluster: dict[str, Any]) -> None:
-        from histosic.embed.ray_workers import Embedder, plan_slide, read_batch
+        from histosic.embed.ray_workers import Embedder, plan_slide, read_batch, read_jpeg
 
         gpus = int(cluster["gpus"])
         device = self.s.device
@@ -241,12 +250,17 @@ class _Driver:
             raise _cause(err) from None
         self.card = cards[0]
         self.actor_pids = [c.pid for c in cards]
-        self.report.cluster.update(actors=n, actor_device=self.card.device)
+        self.report.cluster.update(
+            actors=n, actor_device=self.card.device, decode=self.options.decode
+        )
         self._plan = self.ray.remote(plan_slide).options(
             num_cpus=self.options.reader_cpus, max_retries=self.options.retries
         )
         self._read = self.ray.remote(read_batch).options(
             num_cpus=self.options.reader_cpus, num_returns=2, max_retries=self.options.retries
+        )
+        self._read_jpeg = self.ray.remote(read_jpeg).options(
+            num_cpus=self.options.reader_cpus, max_retries=self.options.retries
         )
         self.window = self.options.window or max(4, 3 * n)
 
@@ -301,13 +315,18 @@ class _Driver:
                 if job.failed:
                     break
                 hi = min(lo + bs, plan.n_patches)
-                patches, white = self._read.remote(
-                    str(plan.slide), plan.mpp, plan.backend, coords, plan.size_level0,
-                    plan.read_size, lo, hi,
-                )  # fmt: skip
                 k = min(range(len(self.actors)), key=self.in_actor.__getitem__)
                 self.in_actor[k] += 1
-                feats = self.actors[k].embed.remote(patches)
+                args = (str(plan.slide), plan.mpp, plan.backend, coords, plan.size_level0,
+                        plan.read_size, lo, hi)  # fmt: skip
+                if plan.jpeg is not None:  # compressed tiles to the actor, decoded there
+                    white = None
+                    feats = self.actors[k].embed_jpeg.remote(
+                        self._read_jpeg.remote(*args, plan.jpeg)
+                    )
+                else:
+                    patches, white = self._read.remote(*args)
+                    feats = self.actors[k].embed.remote(patches)
                 yield job, lo, hi, white, feats, k
 
     def _submit_plan(self, slide: str) -> Any:
@@ -321,6 +340,7 @@ class _Driver:
             tissue=s.tissue,
             slide_mpp=s.slide_mpp,
             overwrite=s.overwrite,
+            decode=self.options.decode,
         )
 
     def _check_stop(self, job: _Job | None) -> None:
@@ -338,6 +358,7 @@ class _Driver:
             return None
         outcome.output = str(plan.path)
         outcome.patches = plan.n_patches
+        outcome.decoded_on = "actor" if plan.jpeg is not None else "reader"
         self.planned_patches.append(plan.n_patches)
         if plan.state == "skipped":
             outcome.status = "skipped"
@@ -367,7 +388,10 @@ class _Driver:
             if job.failed:
                 return
             try:
-                feats, white = self.ray.get([feats_ref, white_ref])
+                if white_ref is None:
+                    feats, white = self.ray.get(feats_ref)
+                else:
+                    feats, white = self.ray.get([feats_ref, white_ref])
             except Exception as err:  # the slide fails; the run goes on
                 self._fail(job.outcome, err, job.t0, job=job)
                 return

@@ -18,6 +18,14 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from histosic.embed.jpeg_tiles import (
+    JpegBatch,
+    JpegLevel,
+    decode_batch,
+    jpeg_level,
+    read_jpeg_batch,
+    white_fraction_device,
+)
 from histosic.embed.output_file import (
     existing_state,
     full_meta,
@@ -41,7 +49,7 @@ from histosic.slides import Slide, TissueConfig, open_slide, white_fraction
 from histosic.store import EmbeddingMeta
 from histosic.tiling import TilingConfig
 
-__all__ = ["Embedder", "ModelCard", "SlidePlan", "plan_slide", "read_batch"]
+__all__ = ["Embedder", "ModelCard", "SlidePlan", "plan_slide", "read_batch", "read_jpeg"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,7 @@ class SlidePlan:
     mpp: float = 0.0
     backend: str = ""
     n_patches: int = 0
+    jpeg: JpegLevel | None = None
 
 
 def plan_slide(
@@ -85,8 +94,12 @@ def plan_slide(
     tissue: TissueConfig,
     slide_mpp: float | None,
     overwrite: bool,
+    decode: str = "cpu",
 ) -> SlidePlan:
     """Open a slide, decide skip or do, and compute its tissue grid and file metadata.
+
+    ``decode`` 'device' (or 'auto' with a GPU) looks for JPEG tiles at the read level: the plan
+    then carries their layout and the batches go to the actors compressed.
 
     Raises the pipeline's errors (missing or corrupt slide, no tissue, another file in the way).
     """
@@ -103,6 +116,10 @@ def plan_slide(
             raise no_tissue_error(s, grid, tiling)
         meta = full_meta(s, base, grid, card.info, card.weights_hash, tiling, card.device)
         device = torch.device(card.device)
+        read_size = _read_size(tiling.patch_size, card.info.input_size, device)
+        jpeg = None
+        if decode == "device" or (decode == "auto" and device.type == "cuda"):
+            jpeg = jpeg_level(s, s.best_level_for_downsample(grid.patch_size_level0 / read_size))
         return SlidePlan(
             slide=slide,
             path=path,
@@ -111,10 +128,11 @@ def plan_slide(
             coords=grid.coords,
             tissue_fraction=grid.tissue_fraction,
             size_level0=grid.patch_size_level0,
-            read_size=_read_size(tiling.patch_size, card.info.input_size, device),
+            read_size=read_size,
             mpp=s.mpp,
             backend=s.backend,
             n_patches=len(grid),
+            jpeg=jpeg,
         )
     finally:
         s.close()
@@ -152,6 +170,23 @@ def read_batch(
     return patches, white_fraction(patches)
 
 
+def read_jpeg(
+    path: str,
+    mpp: float,
+    backend: str,
+    coords: npt.NDArray[np.int64],
+    size_level0: int,
+    read_size: int,
+    lo: int,
+    hi: int,
+    layout: JpegLevel,
+) -> JpegBatch:
+    """The compressed tiles of patches ``lo:hi`` (no decoding: the actor does it)."""
+    return read_jpeg_batch(
+        _slide(path, mpp, backend), coords[lo:hi], size_level0, read_size, layout
+    )
+
+
 class Embedder:
     """An inference actor: the model loaded once, then ``embed`` batch after batch.
 
@@ -187,3 +222,15 @@ class Embedder:
             feats = forward(self.module, self.prep, batch)
         out: npt.NDArray[np.float32] = feats.cpu().numpy()
         return out
+
+    def embed_jpeg(
+        self, batch: JpegBatch
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """Decode a batch's JPEG tiles on this actor's device, then embed: (features, white)."""
+        with torch.inference_mode():
+            patches = decode_batch(batch, self.device)
+            white = white_fraction_device(patches).cpu().numpy()
+            with autocast(self.device):
+                feats = forward(self.module, self.prep, patches)
+        out: npt.NDArray[np.float32] = feats.cpu().numpy()
+        return out, white

@@ -19,6 +19,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -27,6 +28,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def _stamp(times: list[float], _driver: object) -> None:
+    times.append(time.perf_counter())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                     ray=RayOptions(actors=n),
                     model=args.model,
                     batch_size=args.batch_size,
-                    on_start=lambda _d, at=started: at.append(time.perf_counter()),
+                    on_start=functools.partial(_stamp, started),
                 )
                 t_run = time.perf_counter() - t0
                 t_actors = started[0] - t0

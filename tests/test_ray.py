@@ -332,9 +332,21 @@ def test_server_jobs_run_on_ray(
         )
         done = jobs.wait(ok.job_id, timeout=240)
         failed = jobs.wait(bad.job_id, timeout=240)
+        # A running job cancelled mid-slide stops and leaves no file behind.
+        big = jobs.submit(
+            EmbedRequest("c", slides[2], MODEL, TilingConfig(), tmp_path / "c", batch_size=BATCH)
+        )
+        deadline = time.monotonic() + 240
+        while jobs.get(big.job_id).patches_done < BATCH:
+            assert time.monotonic() < deadline and not jobs.get(big.job_id).state.finished
+            time.sleep(0.05)
+        cancelled = jobs.cancel(big.job_id, wait=60)
     finally:
         jobs.shutdown()
     assert done.state is JobState.SUCCEEDED, done
-    assert done.patches_done == done.patches_total == 8
+    assert done.patches_done == done.patches_total == _n(reference[str(slides[0].resolve())])
     _same_file(Path(str(done.embedding_path)), reference[str(slides[0].resolve())])
     assert failed.state is JobState.FAILED and failed.error_code == "NOT_FOUND", failed
+    assert "missing.tiff" in failed.error_message
+    assert cancelled.state is JobState.CANCELLED, cancelled
+    assert list((tmp_path / "c").iterdir()) == []

@@ -109,3 +109,18 @@ def test_report_json_and_table(tmp_path: Path) -> None:
     assert table[-1].startswith("3 slides: 1 done, 1 skipped, 1 failed; 60 patches in 4.0 s")
     line = format_progress(ArchiveProgress(10, 4, 1, 1200, 300.0, 3725.0))
     assert line == "slides 4/10, 1 failed; 1200 patches, 300.0 patches/s; ETA 01:02:05"
+
+
+def test_serve_ray_flags_make_a_ray_embed_function(monkeypatch: pytest.MonkeyPatch) -> None:
+    from histosic.cli import build_parser
+    from histosic.commands.serve import _ray_embed
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # nothing connects before the first job
+    args = build_parser().parse_args(
+        ["serve", "--store", "s", "--ray", "auto", "--ray-actors", "2"]
+    )
+    embed = _ray_embed(args)
+    assert callable(embed)
+    assert _ray_embed(build_parser().parse_args(["serve", "--store", "s"])) is None
+    with pytest.raises(InvalidInputError, match="decode must be"):
+        RayOptions(decode="gpu").validate()

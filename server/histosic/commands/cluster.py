@@ -60,9 +60,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--server",
         default=None,
-        metavar="HOST:PORT",
+        metavar="URL",
         help="cluster on a histosic server instead of locally (the embedding file is then a "
-        "name the server knows)",
+        "name the server knows): HOST:PORT or grpc://HOST:PORT (gRPC), grpcs://HOST:PORT (gRPC "
+        "over TLS), https://HOST:PORT or http://HOST:PORT (the Connect port)",
+    )
+    p.add_argument(
+        "--tls-ca",
+        type=Path,
+        default=None,
+        metavar="PEM",
+        help="with --server: the CA (or self-signed) certificate the server's TLS certificate "
+        "must chain to (default: the system's trusted authorities)",
     )
     p.set_defaults(func=run)
 
@@ -142,6 +151,7 @@ def _run_remote(args: argparse.Namespace, seed_file: SeedFile, options: ClusterO
         seed_file.points,
         options,
         token=config.current().token,
+        tls_ca=args.tls_ca,
     )
     print(remote.summary())
     if remote.geojson is None:

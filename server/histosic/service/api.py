@@ -20,6 +20,7 @@ import numpy as np
 
 from histosic.api.v1 import clustering_pb2, common_pb2, embedding_pb2
 from histosic.catalog import EmbeddingCache, EmbeddingCatalog, StoredEmbedding
+from histosic.config import MAX_PATCHES_PER_JOB
 from histosic.errors import (
     EmbeddingNotFoundError,
     InvalidInputError,
@@ -30,6 +31,7 @@ from histosic.service.arrays import to_ndarray
 from histosic.service.convert import options_from_proto
 from histosic.service.jobs import EmbedRequest, JobManager, JobSnapshot, JobState
 from histosic.service.paths import SlideResolver
+from histosic.service.plan import EmbeddingPlan, check_mpp, plan_embedding
 from histosic.service.wire import encode_chunk
 
 if TYPE_CHECKING:
@@ -52,13 +54,6 @@ _JOB_STATES = {
 }
 
 
-def _finite(name: str, value: float, *, positive: bool = False) -> float:
-    if not math.isfinite(value) or (positive and value <= 0):
-        kind = "a positive" if positive else "a finite"
-        raise InvalidInputError(f"{name} must be {kind} number, got {value!r}")
-    return float(value)
-
-
 @dataclass
 class HistosicApi:
     """The services' behaviour, independent of the wire protocol."""
@@ -67,6 +62,7 @@ class HistosicApi:
     cache: EmbeddingCache
     resolver: SlideResolver
     jobs: JobManager
+    max_patches_per_job: int = MAX_PATCHES_PER_JOB
 
     # -- references -----------------------------------------------------------------------
     def resolve_embedding(self, ref: common_pb2.EmbeddingRef) -> StoredEmbedding:
@@ -148,7 +144,7 @@ class HistosicApi:
 
         kwargs: dict[str, Any] = {}
         if t.HasField("target_mpp"):
-            kwargs["target_mpp"] = t.target_mpp
+            kwargs["target_mpp"] = check_mpp("tiling.target_mpp", t.target_mpp)
         if t.HasField("patch_size"):
             kwargs["patch_size"] = t.patch_size
         if t.HasField("overlap"):
@@ -182,24 +178,11 @@ class HistosicApi:
             device=snap.device,
         )
 
-    def _existing(self, req: EmbedRequest) -> Path | None:
-        """A complete embedding of the same slide content with the same settings, if any."""
-        if req.out.is_file():
-            try:
-                self.catalog.by_id(req.out.relative_to(self.catalog.store).as_posix())
-                return req.out
-            except (EmbeddingNotFoundError, ValueError):
-                pass
-        fp = self.catalog.fingerprint(req.slide)
-        t = req.tiling
-        for e in self.catalog.find(fingerprint=fp, model=req.model):
-            m = e.meta
-            if (
-                m.patch_size == t.patch_size
-                and math.isclose(m.target_mpp, t.target_mpp, rel_tol=1e-6)
-                and math.isclose(m.overlap, t.overlap, abs_tol=1e-6)
-                and math.isclose(m.tissue_threshold, t.tissue_threshold, abs_tol=1e-6)
-            ):
+    def _existing(self, req: EmbedRequest, plan: EmbeddingPlan) -> Path | None:
+        """A complete embedding with the plan's identity (same slide content, resolution,
+        tiling, model and weights), if the store has one; newest first."""
+        for e in self.catalog.find(fingerprint=plan.slide_fingerprint, model=req.model):
+            if plan.matches(e.meta):
                 return e.path
         return None
 
@@ -208,27 +191,40 @@ class HistosicApi:
     ) -> embedding_pb2.StartEmbeddingResponse:
         model = self._check_model(request.model)  # before importing torch: it may be missing
         from histosic.embed.pipeline import embedding_filename
+        from histosic.embed.registry import weights_id
 
         slide = self.resolver.resolve(request.slide)
         tiling = self._tiling(request.tiling)
         slide_mpp = None
         if request.HasField("slide_mpp"):
-            slide_mpp = _finite("slide_mpp", request.slide_mpp, positive=True)
+            slide_mpp = check_mpp("slide_mpp", request.slide_mpp)
         if not 0 <= request.batch_size <= 4096:
             raise InvalidInputError(f"batch_size must be in [0, 4096], got {request.batch_size}")
-        out = self.catalog.store / Path(embedding_filename(slide, model, tiling)).name
+        plan = plan_embedding(
+            slide,
+            request.slide,
+            fingerprint=self.catalog.fingerprint(slide),
+            model=model,
+            weights=weights_id(model),
+            tiling=tiling,
+            slide_mpp=slide_mpp,
+            max_patches=self.max_patches_per_job,
+        )
+        name = plan.file_name(Path(embedding_filename(slide, model, tiling)).name)
         req = EmbedRequest(
             slide_ref=request.slide,
             slide=slide,
             model=model,
             tiling=tiling,
-            out=out,
+            out=self.catalog.store / name,
             slide_mpp=slide_mpp,
             overwrite=request.overwrite,
             batch_size=request.batch_size,
+            identity=plan.identity,
+            patches_estimate=plan.n_candidates,
         )
         if not request.overwrite:
-            existing = self._existing(req)
+            existing = self._existing(req, plan)
             if existing is not None:
                 return embedding_pb2.StartEmbeddingResponse(
                     job=self._job(self.jobs.finished_job(req, existing))

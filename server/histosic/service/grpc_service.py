@@ -16,6 +16,7 @@ from histosic.api.v1 import (
     embedding_pb2_grpc,
 )
 from histosic.service.api import HistosicApi
+from histosic.service.calls import CallGuard
 from histosic.service.status import status_of
 
 __all__ = ["ClusteringServicer", "EmbeddingServicer", "TokenInterceptor", "add_embedding_servicer"]
@@ -29,9 +30,23 @@ Res = TypeVar("Res")
 _OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
-def _unary(rpc: str, fn: Callable[[Req], Res], request: Req, context: grpc.ServicerContext) -> Res:
+def _unary(
+    rpc: str,
+    fn: Callable[[Req], Res],
+    request: Req,
+    context: grpc.ServicerContext,
+    guard: CallGuard | None = None,
+) -> Res:
     try:
-        return fn(request)
+        if guard is None:
+            return fn(request)
+        # The work ends with the call: at the client's deadline, or when the client is gone.
+        return guard.run(
+            rpc,
+            lambda: fn(request),
+            timeout=context.time_remaining(),
+            gone=lambda: not context.is_active(),
+        )
     except Exception as err:  # every error leaves through the one mapping
         st = status_of(err, rpc=rpc)
         context.abort(grpc.StatusCode[st.code], st.message)
@@ -125,18 +140,22 @@ def add_embedding_servicer(servicer: EmbeddingServicer, server: grpc.Server) -> 
 
 
 class ClusteringServicer(clustering_pb2_grpc.ClusteringServiceServicer):
-    def __init__(self, api: HistosicApi) -> None:
+    """Cluster and Colors run under a :class:`CallGuard`: a deadline, a cancelled call or the
+    server stopping ends the computation."""
+
+    def __init__(self, api: HistosicApi, guard: CallGuard | None = None) -> None:
         self.api = api
+        self.guard = guard if guard is not None else CallGuard()
 
     def Cluster(
         self, request: clustering_pb2.ClusterRequest, context: grpc.ServicerContext
     ) -> clustering_pb2.ClusterResponse:
-        return _unary("Cluster", self.api.cluster, request, context)
+        return _unary("Cluster", self.api.cluster, request, context, self.guard)
 
     def Colors(
         self, request: clustering_pb2.ColorsRequest, context: grpc.ServicerContext
     ) -> clustering_pb2.ColorsResponse:
-        return _unary("Colors", self.api.colors, request, context)
+        return _unary("Colors", self.api.colors, request, context, self.guard)
 
 
 def _deny(message: str) -> grpc.RpcMethodHandler:

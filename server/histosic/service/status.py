@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from histosic.errors import (
     CancelledError,
+    DeadlineExceededError,
     EmbeddingNotFoundError,
     HistosicError,
     InvalidInputError,
@@ -50,6 +51,7 @@ _TABLE: tuple[tuple[type[BaseException], str], ...] = (
     (UnauthenticatedError, "UNAUTHENTICATED"),
     (PermissionDeniedError, "PERMISSION_DENIED"),
     (CancelledError, "CANCELLED"),
+    (DeadlineExceededError, "DEADLINE_EXCEEDED"),
     (ResourceExhaustedError, "RESOURCE_EXHAUSTED"),
     (PreconditionError, "FAILED_PRECONDITION"),
     (ModelUnavailableError, "FAILED_PRECONDITION"),

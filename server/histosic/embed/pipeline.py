@@ -30,7 +30,14 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from histosic.config import DEFAULT_MODEL
-from histosic.embed.registry import LoadedModel, get_model_info, load_model, weights_id
+from histosic.embed.registry import (
+    LoadedModel,
+    ModelInfo,
+    check_weights,
+    get_model_info,
+    load_model,
+    weights_id,
+)
 from histosic.errors import (
     CancelledError,
     HistosicError,
@@ -262,6 +269,8 @@ class _Preprocess:
     def __init__(self, loaded: LoadedModel, device: torch.device) -> None:
         info = loaded.info
         self.size = info.input_size
+        # Resize to ``crop_from``, then centre-crop the input size (GigaPath: 256 -> 224).
+        self.resize = info.crop_from or info.input_size
         # (x / 255 - mean) / std as one scale and one shift of the raw 0..255 values.
         mean = torch.tensor(info.mean, device=device).view(1, 3, 1, 1) * 255.0
         std = torch.tensor(info.std, device=device).view(1, 3, 1, 1) * 255.0
@@ -273,21 +282,39 @@ class _Preprocess:
         x = batch.to(self.device, non_blocking=True)
         # NHWC memory viewed as NCHW is already channels_last.
         x = x.permute(0, 3, 1, 2).float()
-        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+        if x.shape[-1] != self.resize or x.shape[-2] != self.resize:
             x = F.interpolate(
-                x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False
+                x,
+                size=(self.resize, self.resize),
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
             )
+        if self.resize != self.size:
+            top = int(round((self.resize - self.size) / 2.0))
+            x = x[:, :, top : top + self.size, top : top + self.size]
         x = x.mul_(self.scale).add_(self.shift)  # in place: no extra full-size copies
         return x.contiguous(memory_format=torch.channels_last)
 
 
-def _autocast(device: torch.device) -> Any:
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
+def _autocast(device: torch.device, precision: str = "auto") -> Any:
+    """Mixed precision on CUDA as the model's authors run it (``ModelInfo.precision``).
+
+    ``auto``: bf16 where supported, else fp16; ``float32``: none (models whose authors run them in
+    full precision); ``float16`` / ``bfloat16``: that type. On the CPU always full precision.
+    """
     import contextlib
 
-    return contextlib.nullcontext()
+    if device.type != "cuda" or precision == "float32":
+        return contextlib.nullcontext()
+    bf16 = torch.cuda.is_bf16_supported()
+    if precision == "float16":
+        dtype = torch.float16
+    elif precision == "bfloat16" and bf16:
+        dtype = torch.bfloat16
+    else:
+        dtype = torch.bfloat16 if bf16 else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
 
 
 def _iterate(
@@ -395,6 +422,7 @@ def embed_slide(
     if workers is not None and (int(workers) != workers or workers < 0):
         raise InvalidInputError(f"workers must be a non-negative integer, got {workers!r}")
     info = get_model_info(model, check=False)  # unknown model: fail before any work
+    check_weights(model)  # gated without a token, offline without a cache: before any slide
     dev = resolve_device(device)
     opened = not isinstance(slide, Slide)
     s = open_slide(slide, mpp=slide_mpp) if not isinstance(slide, Slide) else slide
@@ -486,7 +514,9 @@ def _embed_open_slide(
         "input_size": info.input_size,
         "mean": list(info.mean),
         "std": list(info.std),
-        "resize": f"bilinear {tiling.patch_size} px -> {info.input_size} px",
+        "resize": f"bilinear {tiling.patch_size} px -> {info.crop_from or info.input_size} px"
+        + (f", centre crop {info.input_size} px" if info.crop_from else ""),
+        "precision": info.precision,
         "white_level": 220,
     }
     extra = {
@@ -527,7 +557,7 @@ def _n_patches(path: Path) -> int:
         return int(f["coords"].shape[0])
 
 
-def _read_size(patch_size: int, input_size: int, device: torch.device) -> int:
+def _read_size(patch_size: int, info: ModelInfo, device: torch.device) -> int:
     """Side of the patches the readers return.
 
     On the CPU, patches are resized straight to the network's input size in the reader processes
@@ -537,6 +567,7 @@ def _read_size(patch_size: int, input_size: int, device: torch.device) -> int:
     :class:`_Preprocess` resizes them on the device, unless that would more than double the
     bytes to move.
     """
+    input_size = info.crop_from or info.input_size
     if device.type == "cuda" and patch_size <= 2 * input_size:
         return patch_size
     return input_size
@@ -571,7 +602,7 @@ def _run(
         slide.mpp,
         grid.coords,
         grid.patch_size_level0,
-        _read_size(tiling.patch_size, loaded.info.input_size, device),
+        _read_size(tiling.patch_size, loaded.info, device),
         batch_size,
         writer.n_done,
         slide=slide if n_workers == 0 else None,
@@ -605,7 +636,7 @@ def _run(
 
     expected = writer.n_done
     try:
-        with torch.inference_mode(), _autocast(device):
+        with torch.inference_mode(), _autocast(device, loaded.info.precision):
             for patches, white, lo in batches:
                 if should_stop is not None and should_stop():
                     raise CancelledError(

@@ -471,7 +471,9 @@ def test_corrupt_and_wrong_architecture_weights_fail_cleanly(region: Path, tmp_p
     empty.mkdir()
     corrupt = tmp_path / "model.safetensors"
     corrupt.write_bytes(b"\x00" * 64)
-    line = _one_line_error(run_embed(region, tmp_path / "a", fm.name, empty, "--weights", str(corrupt)))
+    line = _one_line_error(
+        run_embed(region, tmp_path / "a", fm.name, empty, "--weights", str(corrupt))
+    )
     assert "is not a weights file that loads safely" in line
     # ViT-S/8 weights given to the ViT-S/16 model: the patch embedding does not fit
     other = by_name("kaiko-vits8")

@@ -37,6 +37,7 @@ CORE = (
     "histosic.features",
     "histosic.mosaic",
     "histosic.outputs",
+    "histosic.patches",
     "histosic.seeds",
     "histosic.slides",
     "histosic.store",

@@ -122,6 +122,13 @@ class HistosicApi:
                 input_size=m.input_size,
                 available=m.available,
                 unavailable_reason="" if m.available else m.reason,
+                licence=m.licence,
+                gated=m.gated,
+                page=m.page,
+                mpp=m.mpp,
+                patch_size=m.patch_size,
+                precision=m.precision,
+                source=m.reason if m.available else "",
             )
         return out
 

@@ -619,6 +619,24 @@ def test_bad_grpc_request(env: Env, case: str) -> None:
     _healthy(env)
 
 
+def test_gated_foundation_model_without_token_is_refused_at_the_request(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server runs in this process: the hub looks reachable, no token, nothing cached.
+    from histosic.embed import hub
+
+    monkeypatch.setattr(hub, "offline", lambda: False)
+    monkeypatch.setattr(hub, "token", lambda: None)
+    monkeypatch.setattr(hub, "cached", lambda fm: None)
+    with pytest.raises(grpc.RpcError) as err:
+        _grpc_start(env, model="virchow2")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "gated: request access at https://huggingface.co/paige-ai/Virchow2" in (
+        err.value.details() or ""
+    )
+    _healthy(env)
+
+
 BAD_CONNECT: dict[str, tuple[str, str, bytes, int, str]] = {
     "unknown JSON field": (
         "ClusteringService",

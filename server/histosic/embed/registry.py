@@ -56,6 +56,7 @@ __all__ = [
     "ALTERNATIVES",
     "BACKBONES",
     "EMBED_EXTRA",
+    "FOUNDATION_EXTRA",
     "HISTOSSL_URL",
     "IMAGENET_MEAN",
     "IMAGENET_STD",

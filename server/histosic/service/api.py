@@ -133,7 +133,7 @@ class HistosicApi:
         return out
 
     def _check_model(self, name: str) -> str:
-        from histosic.embed.registry import check_embeddable
+        from histosic.embed.registry import check_embeddable, check_weights
 
         if not name:
             raise InvalidInputError("no model given: name one from ListModels (e.g. he-features)")
@@ -146,8 +146,11 @@ class HistosicApi:
                 "`histosic embed --model checkpoint:...`)"
             )
         # ModelUnavailableError (FAILED_PRECONDITION) when torch or the family's libraries are
-        # missing here; weights are checked when the job runs.
-        return check_embeddable(name).name
+        # missing here, or a foundation model's weights cannot be had (gated without a token,
+        # offline without a cache); other weights are checked when the job runs.
+        info = check_embeddable(name)
+        check_weights(name)
+        return info.name
 
     def _tiling(self, t: embedding_pb2.Tiling) -> Any:
         from histosic.tiling import TilingConfig

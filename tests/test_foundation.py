@@ -484,3 +484,34 @@ def test_corrupt_and_wrong_architecture_weights_fail_cleanly(region: Path, tmp_p
     assert "do not fit kaiko-vits16" in line
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     assert not list(tmp_path.glob("**/*.partial"))
+
+
+# -- checkpoint: takes a vision transformer ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arch", "kwargs"),
+    [
+        ("vit_small_patch16_224", {}),  # with its classifier head, which is dropped
+        ("vit_base_patch14_reg4_dinov2", {"img_size": 224, "init_values": 1e-5, **_swiglu()}),
+        ("vit_small_patch16_224", {"global_pool": "avg", "class_token": False, "fc_norm": True}),
+    ],
+    ids=["vit-s16-head", "vit-b14-reg4-swiglu", "vit-s16-avg"],
+)
+def test_checkpoint_takes_a_vision_transformer(
+    arch: str, kwargs: dict[str, Any], tmp_path: Path
+) -> None:
+    from histosic.embed.registry import get_model_info, load_model
+
+    torch.manual_seed(3)
+    with_head = _perturbed(timm.create_model(arch, pretrained=False, **kwargs))
+    path = tmp_path / "vit.pt"
+    torch.save({"model": {f"module.{k}": v for k, v in with_head.state_dict().items()}}, path)
+    info = get_model_info(f"checkpoint:{path}", check=False)
+    assert info.dim == with_head.num_features and info.input_size == 224
+    loaded = load_model(f"checkpoint:{path}")
+    x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want = with_head.forward_head(with_head.forward_features(x), pre_logits=True)
+        got = loaded.module(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

@@ -370,8 +370,9 @@ BACKBONES: tuple[BackboneSpec, ...] = (
         _imagenet(
             "checkpoint:<path>",
             0,
-            "your own ResNet state dict (torch.save(model.state_dict()), or a `histosic "
-            "pretrain` checkpoint, which records its own input size), loaded weights_only",
+            "your own ResNet or timm-style ViT state dict (torch.save(model.state_dict()), or a "
+            "`histosic pretrain` checkpoint, which records its own input size), loaded "
+            "weights_only",
         ),
         weights_id=lambda kind, arg: file_fingerprint(Path(arg).expanduser()),
         build="checkpoint:build",

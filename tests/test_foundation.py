@@ -512,6 +512,7 @@ def test_checkpoint_takes_a_vision_transformer(
     loaded = load_model(f"checkpoint:{path}")
     x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        want = with_head.forward_head(with_head.forward_features(x), pre_logits=True)
+        head: Any = with_head
+        want = head.forward_head(head.forward_features(x), pre_logits=True)
         got = loaded.module(x)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

@@ -420,10 +420,12 @@ _BY_NAME: dict[str, BackboneSpec] = {spec.name: spec for spec in BACKBONES}
 
 
 def _known() -> str:
-    return ", ".join(
-        spec.info.name if spec.arg != "optional" else f"{spec.name}, {spec.name}:<path>"
+    plain = [
+        spec.info.name if spec.arg != "optional" or spec.preflight else f"{spec.name}, "
+        f"{spec.name}:<path>"
         for spec in BACKBONES
-    )
+    ]
+    return ", ".join(plain) + " (foundation models also take <name>:<weights path>)"
 
 
 def _spec(name: str) -> tuple[BackboneSpec, str]:

@@ -178,3 +178,42 @@ def test_trident_reads_histosic_files(ours: Path) -> None:
     assert attrs["overlap"] == 64 and legacy == (128, 0)
     # and histosic reads its encoder back where Trident puts it
     assert read_meta(ours).model == "he-features"
+
+
+def test_cluster_command_computes_the_fractions_and_says_so(
+    ours: Path, digestpath_jpg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from test_qupath_data import qupath_point_feature, write_seed_file
+
+    from histosic import cli
+
+    own = read_embeddings(ours)
+    trident = _trident(tmp_path / "trident.h5", own)
+    points = _seeds(own, digestpath_jpg.with_name("0_mask.jpg"))
+    by_class: dict[str, list[tuple[float, float]]] = {}
+    for p in points:
+        by_class.setdefault(p.class_name, []).append((p.x, p.y))
+    seeds = write_seed_file(
+        tmp_path / "seeds.geojson", [qupath_point_feature(xy, c) for c, xy in by_class.items()]
+    )
+    results = {}
+    for name, h5, extra in (
+        ("ours", ours, []),
+        ("trident", trident, ["--slide", str(digestpath_jpg)]),
+    ):
+        out = tmp_path / f"{name}.geojson"
+        rc = cli.main(["cluster", str(h5), "--seeds", str(seeds), "--out", str(out), *extra])
+        err = capsys.readouterr().err
+        assert rc == 0, err
+        if name == "trident":
+            assert "no tissue and white fractions: computed them for" in err
+        else:
+            assert "fractions" not in err
+        features = json.loads(out.read_text())["features"]
+        results[name] = [
+            (json.dumps(f["geometry"]), json.dumps(f["properties"].get("classification")))
+            for f in features
+        ]
+    assert len(results["ours"]) > 100 and results["trident"] == results["ours"]

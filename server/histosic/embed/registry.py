@@ -421,8 +421,9 @@ _BY_NAME: dict[str, BackboneSpec] = {spec.name: spec for spec in BACKBONES}
 
 def _known() -> str:
     plain = [
-        spec.info.name if spec.arg != "optional" or spec.preflight else f"{spec.name}, "
-        f"{spec.name}:<path>"
+        spec.info.name
+        if spec.arg != "optional" or spec.preflight
+        else f"{spec.name}, {spec.name}:<path>"
         for spec in BACKBONES
     ]
     return ", ".join(plain) + " (foundation models also take <name>:<weights path>)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -107,6 +108,13 @@ def run(args: argparse.Namespace) -> int:
 
     t_read = time.perf_counter()
     emb = read_embeddings(args.embeddings)
+    if options.preprocess.regress_nuisance:
+        from histosic.patches import complete_fractions
+
+        # Trident and CLAM files carry no tissue or white fractions: compute them from the slide.
+        emb, note = complete_fractions(emb, args.slide)
+        if note:
+            print(note, file=sys.stderr)
     read_s = time.perf_counter() - t_read
     clustering = cluster_slide(emb, seed_file.points, options)
     print(clustering.summary())

@@ -223,7 +223,7 @@ def decode_batch(batch: JpegBatch, device: torch.device) -> torch.Tensor:
         return patches
     if device.type == "cpu":
         # The CPU reader's own resize (PIL bilinear), so the CPU path gives the same pixels.
-        from histosic.embed.pipeline import _resize
+        from histosic.patches import _resize
 
         arr = patches.numpy()
         return torch.from_numpy(np.stack([_resize(p, batch.out_size) for p in arr]))

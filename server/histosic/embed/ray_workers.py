@@ -116,7 +116,7 @@ def plan_slide(
             raise no_tissue_error(s, grid, tiling)
         meta = full_meta(s, base, grid, card.info, card.weights_hash, tiling, card.device)
         device = torch.device(card.device)
-        read_size = _read_size(tiling.patch_size, card.info.input_size, device)
+        read_size = _read_size(tiling.patch_size, card.info, device)
         jpeg = None
         if decode == "device" or (decode == "auto" and device.type == "cuda"):
             jpeg = jpeg_level(s, s.best_level_for_downsample(grid.patch_size_level0 / read_size))
@@ -218,7 +218,7 @@ class Embedder:
         """Features (b, dim), float32, of a uint8 NHWC batch."""
         # Arrays from Ray's object store are read-only views; torch wants writable memory.
         batch = torch.from_numpy(np.require(patches, requirements="W"))
-        with torch.inference_mode(), autocast(self.device):
+        with torch.inference_mode(), autocast(self.device, self.loaded.info.precision):
             feats = forward(self.module, self.prep, batch)
         out: npt.NDArray[np.float32] = feats.cpu().numpy()
         return out
@@ -230,7 +230,7 @@ class Embedder:
         with torch.inference_mode():
             patches = decode_batch(batch, self.device)
             white = white_fraction_device(patches).cpu().numpy()
-            with autocast(self.device):
+            with autocast(self.device, self.loaded.info.precision):
                 feats = forward(self.module, self.prep, patches)
         out: npt.NDArray[np.float32] = feats.cpu().numpy()
         return out, white

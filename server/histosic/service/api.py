@@ -119,11 +119,18 @@ class HistosicApi:
                 input_size=m.input_size,
                 available=m.available,
                 unavailable_reason="" if m.available else m.reason,
+                licence=m.licence,
+                gated=m.gated,
+                page=m.page,
+                mpp=m.mpp,
+                patch_size=m.patch_size,
+                precision=m.precision,
+                source=m.reason if m.available else "",
             )
         return out
 
     def _check_model(self, name: str) -> str:
-        from histosic.embed.registry import check_embeddable
+        from histosic.embed.registry import check_embeddable, check_weights
 
         if not name:
             raise InvalidInputError("no model given: name one from ListModels (e.g. he-features)")
@@ -136,8 +143,11 @@ class HistosicApi:
                 "`histosic embed --model checkpoint:...`)"
             )
         # ModelUnavailableError (FAILED_PRECONDITION) when torch or the family's libraries are
-        # missing here; weights are checked when the job runs.
-        return check_embeddable(name).name
+        # missing here, or a foundation model's weights cannot be had (gated without a token,
+        # offline without a cache); other weights are checked when the job runs.
+        info = check_embeddable(name)
+        check_weights(name)
+        return info.name
 
     def _tiling(self, t: embedding_pb2.Tiling) -> Any:
         from histosic.tiling import TilingConfig

@@ -35,12 +35,11 @@ if TYPE_CHECKING:
     from histosic.cluster import SlideClustering
     from histosic.store import Embeddings
 
-__all__ = ["CHUNK_BYTES", "MAX_SEEDS", "HistosicApi"]
+__all__ = ["CHUNK_BYTES", "HistosicApi"]
 
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20  # GetEmbedding chunk size: large enough for speed, far below message limits
-MAX_SEEDS = 100_000
 
 _JOB_STATES = {
     JobState.QUEUED: embedding_pb2.JOB_STATE_QUEUED,
@@ -331,18 +330,19 @@ class HistosicApi:
     # -- ClusteringService ----------------------------------------------------------------
     def cluster(self, request: clustering_pb2.ClusterRequest) -> clustering_pb2.ClusterResponse:
         from histosic.cluster import cluster_slide
+        from histosic.cluster.options import check_class_count, check_seed_count
         from histosic.seeds import SeedPoint
 
-        if len(request.seeds) > MAX_SEEDS:
-            raise InvalidInputError(
-                f"{len(request.seeds)} seeds given; at most {MAX_SEEDS} are accepted"
-            )
+        # The limits first, before the embedding is loaded (docs/SERVER.md, "Limits").
+        check_seed_count(len(request.seeds))
         if not request.seeds:
             raise InvalidInputError(
                 "no seeds given: send point annotations with class names (e.g. 'Tumor' and "
                 "'Stroma')"
             )
         options = options_from_proto(request.options)
+        if options.multiclass:
+            check_class_count(len({s.class_name.strip() for s in request.seeds} - {""}))
         entry = self.resolve_embedding(request.embedding)
         emb = self.cache.get(entry)
         points = [SeedPoint(float(s.x), float(s.y), s.class_name) for s in request.seeds]

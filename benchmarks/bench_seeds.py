@@ -34,7 +34,7 @@ STRIDE = 128
 
 
 def make_slide(n: int, dim: int, k: int) -> tuple[Embeddings, npt.NDArray[np.int64]]:
-    """``n`` patches on a square grid in ``k`` vertical bands (the truth), one feature shift each."""
+    """``n`` patches on a square grid in ``k`` vertical bands (the truth), a feature shift each."""
     rng = np.random.default_rng(0)
     side = int(np.ceil(np.sqrt(n)))
     gy, gx = np.divmod(np.arange(n), side)
@@ -66,9 +66,7 @@ def make_points(emb: Embeddings, truth: npt.NDArray[np.int64], n_seeds: int) -> 
     first = [int(rng.choice(np.flatnonzero(truth == c))) for c in range(k)]
     idx = np.r_[first, rng.integers(0, emb.n_patches, max(n_seeds - k, 0))][:n_seeds]
     centres = emb.centers()
-    return [
-        SeedPoint(float(centres[i, 0]), float(centres[i, 1]), f"class {truth[i]}") for i in idx
-    ]
+    return [SeedPoint(float(centres[i, 0]), float(centres[i, 1]), f"class {truth[i]}") for i in idx]
 
 
 def old_kernel_newton(K: F64, y: npt.NDArray[np.int64], k: int, C: float, w: F64) -> F64:
@@ -174,7 +172,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--seeds", type=int, nargs="+", default=[2, 10, 100, 1000, 10_000, 100_000])
     parser.add_argument("--classes", type=int, nargs="+", default=[2, 5, 10, 20, 50])
-    parser.add_argument("--class-seeds", type=int, default=2000)
+    parser.add_argument("--class-seeds", type=int, default=1000)
     parser.add_argument(
         "--old-up-to",
         type=int,

@@ -21,7 +21,7 @@ from histosic.cluster.options import ClusterOptions, ClusterOverrides, check_cla
 from histosic.cluster.preprocess import apply_preprocess
 from histosic.cluster.result import ClusterResult, Step
 from histosic.cluster.validation import check_features, check_seeds
-from histosic.errors import InvalidInputError
+from histosic.errors import InvalidInputError, shown
 
 __all__ = ["seeded_clustering"]
 
@@ -102,7 +102,7 @@ def seeded_clustering(
     if len(classes) == 2:
         if positive is None or positive not in classes:
             raise InvalidInputError(
-                f"positive class {positive!r} has no seeds; seeded classes are {list(classes)}"
+                f"positive class {shown(positive)} has no seeds; seeded classes are {list(classes)}"
             )
         pos: int | None = int(positive)
     else:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 from histosic import config
-from histosic.errors import InvalidInputError, ResourceExhaustedError
+from histosic.errors import InvalidInputError, ResourceExhaustedError, shown
 
 #: A score of predicted against true class ids (higher is better): ``metric(true, pred)``, both
 #: int64 arrays of the seed patches (typed loosely here: this module imports no numpy).
@@ -180,19 +180,19 @@ class ClusterOptions:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise InvalidInputError(
-                f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}"
+                f"unknown method {shown(self.method)}; choose one of {', '.join(METHODS)}"
             )
         if not callable(self.metric) and self.metric not in METRICS:
             raise InvalidInputError(
-                f"unknown metric {self.metric!r}; use {', '.join(repr(m) for m in METRICS)} or a "
-                "callable"
+                f"unknown metric {shown(self.metric)}; use "
+                f"{', '.join(repr(m) for m in METRICS)} or a callable"
             )
         if self.stop not in STOPS:
-            raise InvalidInputError(f"stop must be 'drop' or 'strict', got {self.stop!r}")
+            raise InvalidInputError(f"stop must be 'drop' or 'strict', got {shown(self.stop)}")
         if self.output not in OUTPUTS:
             raise InvalidInputError(
                 f"output (geojson in the API) must be one of {', '.join(OUTPUTS)}, got "
-                f"{self.output!r}"
+                f"{shown(self.output)}"
             )
         if not self.positive_class.strip():
             raise InvalidInputError(

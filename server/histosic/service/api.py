@@ -25,6 +25,7 @@ from histosic.errors import (
     InvalidInputError,
     PermissionDeniedError,
     PreconditionError,
+    shown,
 )
 from histosic.service.arrays import to_ndarray
 from histosic.service.convert import options_from_proto
@@ -73,8 +74,8 @@ class HistosicApi:
             entry = self.catalog.by_id(ref.embedding_id)
             if ref.model and entry.meta.model != ref.model:
                 raise InvalidInputError(
-                    f"embedding {ref.embedding_id!r} was made with model {entry.meta.model!r}, "
-                    f"not {ref.model!r}"
+                    f"embedding {shown(ref.embedding_id)} was made with model "
+                    f"{shown(entry.meta.model)}, not {shown(ref.model)}"
                 )
             return entry
         if not ref.slide and not ref.slide_fingerprint:
@@ -90,15 +91,15 @@ class HistosicApi:
             fingerprint = self.catalog.fingerprint(slide)
             if ref.slide_fingerprint and ref.slide_fingerprint != fingerprint:
                 raise InvalidInputError(
-                    f"slide {ref.slide!r} has fingerprint {fingerprint}, not the "
-                    f"{ref.slide_fingerprint!r} given: it is another file"
+                    f"slide {shown(ref.slide)} has fingerprint {fingerprint}, not the "
+                    f"{shown(ref.slide_fingerprint)} given: it is another file"
                 )
         found = self.catalog.find(fingerprint=fingerprint, model=ref.model)
         if not found and slide_path:
             found = self.catalog.find(slide_path=slide_path, model=ref.model)
         if not found:
-            what = f"slide {ref.slide!r}" if ref.slide else "the slide"
-            model = f" with model {ref.model!r}" if ref.model else ""
+            what = f"slide {shown(ref.slide)}" if ref.slide else "the slide"
+            model = f" with model {shown(ref.model)}" if ref.model else ""
             raise EmbeddingNotFoundError(
                 f"the server's store has no embedding of {what} (fingerprint {fingerprint})"
                 f"{model}; start one with StartEmbedding"
@@ -133,7 +134,7 @@ class HistosicApi:
         if sep and kind != "timm":
             # checkpoint:<path> and histossl:<path> would read any file the server can see.
             raise PermissionDeniedError(
-                f"model {name!r} names a file on the server; remote clients may use only the "
+                f"model {shown(name)} names a file on the server; remote clients may use only the "
                 "registry's models and timm:<name> (embed with your own weights locally: "
                 "`histosic embed --model checkpoint:...`)"
             )
@@ -299,7 +300,8 @@ class HistosicApi:
     ) -> Iterator[embedding_pb2.GetEmbeddingResponse]:
         if request.dtype not in ("", "float32", "float16"):
             raise InvalidInputError(
-                f"dtype must be 'float32', 'float16' or empty (stored dtype), got {request.dtype!r}"
+                "dtype must be 'float32', 'float16' or empty (stored dtype), got "
+                f"{shown(request.dtype)}"
             )
         entry = self.resolve_embedding(request.embedding)
         emb = self.cache.get(entry)
@@ -408,7 +410,7 @@ class HistosicApi:
     def colors(self, request: clustering_pb2.ColorsRequest) -> clustering_pb2.ColorsResponse:
         method = request.method or "pca"
         if method not in ("pca", "umap"):
-            raise InvalidInputError(f"method must be 'pca' or 'umap', got {request.method!r}")
+            raise InvalidInputError(f"method must be 'pca' or 'umap', got {shown(request.method)}")
         entry = self.resolve_embedding(request.embedding)
         emb = self.cache.get(entry)
         try:

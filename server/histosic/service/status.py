@@ -28,6 +28,7 @@ from histosic.errors import (
 )
 
 __all__ = [
+    "MAX_MESSAGE",
     "JobNotFoundError",
     "RpcStatus",
     "UnauthenticatedError",
@@ -35,6 +36,19 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: The longest message a client gets (characters). Messages quote user values shortened already
+#: (:func:`histosic.errors.shown`); this cut is the last guard, far below gRPC's 16 KiB limit on
+#: the trailers that carry a status message.
+MAX_MESSAGE = 1000
+
+
+def _bounded(message: str) -> str:
+    """One line of at most :data:`MAX_MESSAGE` characters."""
+    line = " ".join(message.split())
+    if len(line) <= MAX_MESSAGE:
+        return line
+    return line[: MAX_MESSAGE - 40] + f"... (message cut, {len(line)} characters)"
 
 
 @dataclass(frozen=True)
@@ -69,10 +83,10 @@ def status_of(exc: BaseException, *, rpc: str = "") -> RpcStatus:
     """
     for cls, code in _TABLE:
         if isinstance(exc, cls):
-            return RpcStatus(code, str(exc) or cls.__name__)
+            return RpcStatus(code, _bounded(str(exc) or cls.__name__))
     if isinstance(exc, HistosicError):
         log.error("%s: unmapped %s: %s", rpc or "rpc", type(exc).__name__, exc, exc_info=exc)
-        return RpcStatus("INTERNAL", f"{type(exc).__name__}: {exc}")
+        return RpcStatus("INTERNAL", _bounded(f"{type(exc).__name__}: {exc}"))
     log.error("%s: internal error", rpc or "rpc", exc_info=exc)
     return RpcStatus(
         "INTERNAL",

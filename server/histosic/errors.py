@@ -65,8 +65,8 @@ def check_name_lengths(what: str, parts: Iterable[str]) -> None:
         size = len(part.encode("utf-8", "surrogatepass"))
         if size > MAX_NAME_BYTES:
             raise InvalidInputError(
-                f"{what} has a name of {size} bytes ({shown(part, 20)}); file and folder names "
-                f"are at most {MAX_NAME_BYTES} bytes"
+                f"{what} has a file or folder name of {size} bytes; names are at most "
+                f"{MAX_NAME_BYTES} bytes"
             )
 
 

@@ -41,6 +41,7 @@ __all__ = [
     "Metric",
     "Preprocess",
     "check_class_count",
+    "check_random_state",
     "check_seed_count",
 ]
 
@@ -214,10 +215,8 @@ class ClusterOptions:
             )
         if self.max_iter < 1:
             raise InvalidInputError(f"max_iter must be >= 1, got {self.max_iter}")
-        if self.random_state is not None and not 0 <= self.random_state < _MAX_SEED:
-            raise InvalidInputError(
-                f"random_state must be in [0, 2**32) or None, got {self.random_state}"
-            )
+        if self.random_state is not None:
+            check_random_state(self.random_state)
         p = self.preprocess
         if not 0 <= p.smooth_radius <= MAX_SMOOTH_RADIUS:
             raise InvalidInputError(
@@ -228,6 +227,17 @@ class ClusterOptions:
             raise InvalidInputError(
                 f"pca_components must be >= 1 (or None for no PCA), got {p.pca_components}"
             )
+
+
+def check_random_state(value: int) -> int:
+    """``value`` when it is a seed numpy's RandomState takes (0 to 2**32 - 1), else
+    InvalidInputError."""
+    if not 0 <= value < _MAX_SEED:
+        raise InvalidInputError(
+            f"random_state must be in [0, 2**32) or None, got {value}; use a number from 0 to "
+            f"{_MAX_SEED - 1}"
+        )
+    return value
 
 
 def check_seed_count(n_seeds: int) -> None:

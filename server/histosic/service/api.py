@@ -408,6 +408,10 @@ class HistosicApi:
         return resp
 
     def colors(self, request: clustering_pb2.ColorsRequest) -> clustering_pb2.ColorsResponse:
+        from histosic.cluster.options import check_random_state
+
+        if request.HasField("random_state"):
+            check_random_state(request.random_state)  # before any work
         method = request.method or "pca"
         if method not in ("pca", "umap"):
             raise InvalidInputError(f"method must be 'pca' or 'umap', got {shown(request.method)}")

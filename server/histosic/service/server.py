@@ -24,9 +24,15 @@ from histosic.catalog import EmbeddingCache, EmbeddingCatalog
 from histosic.errors import InvalidInputError
 from histosic.service.api import HistosicApi
 from histosic.service.connect_service import make_wsgi_app
-from histosic.service.grpc_service import ClusteringServicer, EmbeddingServicer, TokenInterceptor
+from histosic.service.grpc_service import (
+    ClusteringServicer,
+    DecodeGuard,
+    EmbeddingServicer,
+    TokenInterceptor,
+)
 from histosic.service.jobs import EmbedFunction, JobManager
 from histosic.service.paths import SlideResolver
+from histosic.service.status import hide_paths
 
 __all__ = ["HistosicServer", "ServerConfig", "create_server", "is_loopback"]
 
@@ -89,6 +95,7 @@ class HistosicServer:
         self.catalog = EmbeddingCatalog(config.store)
         self.cache = EmbeddingCache(config.cache_bytes)
         self.resolver = SlideResolver(config.slide_roots)
+        hide_paths((self.catalog.store, *self.resolver.roots))  # client messages: relative paths
         self.jobs = JobManager(
             config.devices,
             workers=config.embed_workers,
@@ -97,7 +104,10 @@ class HistosicServer:
             embed=config.embed,
         )
         self.api = HistosicApi(self.catalog, self.cache, self.resolver, self.jobs)
-        interceptors = [TokenInterceptor(config.token)] if config.token else []
+        # The token first: an unauthenticated caller learns nothing, not even a decode error.
+        interceptors: list[grpc.ServerInterceptor] = [DecodeGuard()]
+        if config.token:
+            interceptors.insert(0, TokenInterceptor(config.token))
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(
                 max_workers=config.grpc_threads, thread_name_prefix="histosic-grpc"

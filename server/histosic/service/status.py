@@ -9,6 +9,8 @@ and its traceback is logged, never sent to the client.
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from histosic.errors import (
@@ -32,6 +34,7 @@ __all__ = [
     "JobNotFoundError",
     "RpcStatus",
     "UnauthenticatedError",
+    "hide_paths",
     "status_of",
 ]
 
@@ -43,8 +46,22 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE = 1000
 
 
+#: Absolute server folders (slide roots, the store) and what a client sees instead.
+_HIDDEN: dict[str, str] = {}
+
+
+def hide_paths(folders: Iterable[str | os.PathLike[str]]) -> None:
+    """Show paths under these folders relative to them in every client message (a client has
+    no use for the server's absolute paths, and should not learn them)."""
+    for folder in folders:
+        for form in {os.path.abspath(folder), os.path.realpath(folder)}:
+            _HIDDEN[form.rstrip(os.sep) + os.sep] = ""
+
+
 def _bounded(message: str) -> str:
-    """One line of at most :data:`MAX_MESSAGE` characters."""
+    """One line of at most :data:`MAX_MESSAGE` characters, server folders left out."""
+    for prefix in sorted(_HIDDEN, key=len, reverse=True):
+        message = message.replace(prefix, _HIDDEN[prefix])
     line = " ".join(message.split())
     if len(line) <= MAX_MESSAGE:
         return line

@@ -254,7 +254,7 @@ def test_name_over_255_bytes(
 def _wait_job(env: Env, job_id: str) -> embedding_pb2.Job:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        job = env.emb.GetJob(embedding_pb2.GetJobRequest(job_id=job_id)).job
+        job: embedding_pb2.Job = env.emb.GetJob(embedding_pb2.GetJobRequest(job_id=job_id)).job
         if job.state >= embedding_pb2.JOB_STATE_SUCCEEDED:
             return job
         time.sleep(0.1)
@@ -262,19 +262,15 @@ def _wait_job(env: Env, job_id: str) -> embedding_pb2.Job:
 
 
 def test_truncated_svs_fails_as_invalid_argument(env: Env) -> None:
-    for start in (
-        lambda req: env.emb.StartEmbedding(req).job.job_id,
-        lambda req: connect_call(
-            env.http_port,
-            "EmbeddingService",
-            "StartEmbedding",
-            {"slide": req.slide, "model": req.model, "slideMpp": 0.5, "overwrite": True},
-        )[1]["job"]["jobId"],
-    ):
-        req = embedding_pb2.StartEmbeddingRequest(
-            slide="truncated.svs", model="handcrafted", slide_mpp=0.5, overwrite=True
-        )
-        job = _wait_job(env, start(req))
+    req = embedding_pb2.StartEmbeddingRequest(
+        slide="truncated.svs", model="handcrafted", slide_mpp=0.5, overwrite=True
+    )
+    body = {"slide": req.slide, "model": req.model, "slideMpp": 0.5, "overwrite": True}
+    grpc_job: str = env.emb.StartEmbedding(req).job.job_id
+    status, answer = connect_call(env.http_port, "EmbeddingService", "StartEmbedding", body)
+    assert status == 200, answer
+    for job_id in (grpc_job, str(answer["job"]["jobId"])):
+        job = _wait_job(env, job_id)
         assert job.state == embedding_pb2.JOB_STATE_FAILED
         assert job.error_code == "INVALID_ARGUMENT", job.error_message
         assert "truncated.svs is damaged or truncated" in job.error_message

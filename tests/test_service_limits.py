@@ -277,6 +277,36 @@ def test_truncated_svs_fails_as_invalid_argument(env: Env) -> None:
         assert str(env.root) not in job.error_message
 
 
+def test_real_svs_cut_in_half_fails_as_invalid_argument(env: Env, cmu_svs: Path) -> None:
+    # The real Aperio file, its second half missing (tiffslide raised IndexError: INTERNAL).
+    data = cmu_svs.read_bytes()
+    (env.root / "slides" / "cut.svs").write_bytes(data[: len(data) // 2])
+    body = {"slide": "cut.svs", "model": "handcrafted", "overwrite": True}
+    status, answer = connect_call(env.http_port, "EmbeddingService", "StartEmbedding", body)
+    assert status == 200, answer
+    job = _wait_job(env, str(answer["job"]["jobId"]))
+    assert job.state == embedding_pb2.JOB_STATE_FAILED
+    assert job.error_code == "INVALID_ARGUMENT", job.error_message
+    assert job.error_message.startswith("slide cut.svs is damaged or truncated"), job.error_message
+
+
+def test_slide_whose_embedding_name_would_be_too_long(env: Env) -> None:
+    # The slide's own name is legal (244 bytes); the embedding file's would not be.
+    from test_service_support import make_slide
+
+    name = "L" * 240 + ".png"
+    make_slide(env.root / "slides" / name, 128)
+    _assert_refused(
+        env,
+        "EmbeddingService",
+        "StartEmbedding",
+        {"slide": name, "model": "handcrafted", "slideMpp": 0.5},
+        embedding_pb2.StartEmbeddingRequest,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "bytes a file name may have: give the slide a shorter name",
+    )
+
+
 def test_garbage_protobuf_over_grpc_is_invalid_argument(env: Env) -> None:
     raw: Callable[..., bytes] = env.channel.unary_unary(
         "/histosic.v1.ClusteringService/Cluster",

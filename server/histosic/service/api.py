@@ -21,6 +21,7 @@ import numpy as np
 from histosic.api.v1 import clustering_pb2, common_pb2, embedding_pb2
 from histosic.catalog import EmbeddingCache, EmbeddingCatalog, StoredEmbedding
 from histosic.errors import (
+    MAX_NAME_BYTES,
     EmbeddingNotFoundError,
     InvalidInputError,
     PermissionDeniedError,
@@ -216,6 +217,12 @@ class HistosicApi:
         if not 0 <= request.batch_size <= 4096:
             raise InvalidInputError(f"batch_size must be in [0, 4096], got {request.batch_size}")
         out = self.catalog.store / Path(embedding_filename(slide, model, tiling)).name
+        if len(out.name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+            raise InvalidInputError(
+                f"the embedding file of slide {shown(request.slide)} would be named "
+                f"{len(out.name.encode('utf-8', 'surrogatepass'))} bytes long, over the "
+                f"{MAX_NAME_BYTES} bytes a file name may have: give the slide a shorter name"
+            )
         req = EmbedRequest(
             slide_ref=request.slide,
             slide=slide,

@@ -4,15 +4,22 @@ The model of ``sklearn.linear_model.LogisticRegression(C=0.1, class_weight="bala
 solver here avoids scikit-learn's import, which alone takes longer than the whole clustering of a
 typical slide.
 
-The cost is bounded by design. The ``m`` seed patches (each patch once: :func:`histosic.seeds.
-map_seeds` merges the points on one patch) and ``d`` features give a problem in
-``r = min(m, d)`` features: the kernel form (``r = m`` columns from the seed patches' Gram
-matrix) while ``m <= d``, the primal form (the ``d`` features) once the seeds are more. Both have
-the same optimum (the representer theorem) and an identity penalty, which keeps the Newton systems
-well conditioned. Small systems (at most :data:`DIRECT_UNKNOWNS` unknowns) take exact Newton
-steps; larger ones take truncated Newton steps, whose conjugate gradients need only products with
-the ``m x r`` design matrix. Memory is ``O(m r)`` plus at most ``DIRECT_UNKNOWNS^2`` numbers, never
-``O(m^2)`` once ``m > d``; time per step is ``O(m r k)`` for ``k`` classes.
+The cost is bounded by design. With ``m`` seed patches (each patch once: :func:`histosic.seeds.
+map_seeds` merges the points on one patch), ``d`` features and ``k'`` score columns (1 for two
+classes, else ``k``), the problem is solved in one of two forms with the same optimum (the
+representer theorem), both with an identity penalty, which keeps the Newton systems well
+conditioned:
+
+* the kernel form, ``m`` unknowns per column from the seed patches' inner products, when the seed
+  patches are fewer than the features and ``(m + 1) k'`` is at most :data:`DIRECT_UNKNOWNS`: a
+  handful of clicks, exact Newton steps on a small dense Hessian;
+* the primal form otherwise, ``d`` unknowns per column: exact Newton steps while ``(d + 1) k'`` is
+  small, else truncated Newton steps whose conjugate gradients need only products with the
+  ``m x d`` seed features.
+
+Memory is ``O(m d)`` plus at most ``DIRECT_UNKNOWNS^2`` numbers, never ``O(m^2)``; each product
+costs ``O(m d k')``. :func:`check_size` refuses a problem over
+:data:`~histosic.cluster.options.MAX_LOGREG_SIZE` before any copy is made.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ __all__ = ["DIRECT_UNKNOWNS", "Fit", "Form", "check_size", "fit_logistic", "logr
 
 F64 = npt.NDArray[np.float64]
 
-#: "auto" = kernel form while the seed patches are at most the features, else primal.
+#: "auto" = the kernel form for few seed patches (see the module's text), else the primal form.
 Form = Literal["auto", "kernel", "primal"]
 
 #: Newton systems up to this many unknowns ((r + 1) x k') are solved exactly (a dense Hessian);

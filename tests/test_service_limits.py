@@ -308,15 +308,25 @@ def test_slide_whose_embedding_name_would_be_too_long(env: Env) -> None:
 
 
 def test_garbage_protobuf_over_grpc_is_invalid_argument(env: Env) -> None:
+    garbage = b"\xff\xff\xff\xff\x0f\x01garbage"
     raw: Callable[..., bytes] = env.channel.unary_unary(
         "/histosic.v1.ClusteringService/Cluster",
         request_serializer=lambda b: b,
         response_deserializer=lambda b: b,
     )
     with pytest.raises(grpc.RpcError) as info:
-        raw(b"\xff\xff\xff\xff\x0f\x01garbage", timeout=30)
+        raw(garbage, timeout=30)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "is not a valid protobuf message" in (info.value.details() or "")
+    assert "the request to Cluster is not a valid protobuf message" in (info.value.details() or "")
+    stream: Callable[..., Iterator[bytes]] = env.channel.unary_stream(
+        "/histosic.v1.EmbeddingService/WatchJob",
+        request_serializer=lambda b: b,
+        response_deserializer=lambda b: b,
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        list(stream(garbage, timeout=30))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "the request to WatchJob is not a valid" in (info.value.details() or "")
     # The Connect twin: protobuf bytes that do not parse.
     status, body = connect_call(
         env.http_port,

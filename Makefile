@@ -85,6 +85,8 @@ bench: install
 	$(PY) benchmarks/bench_loader.py --patches 2000 --batch-size 64 --workers 1,2
 	$(PY) benchmarks/bench_colors.py
 	$(PY) benchmarks/bench_ray.py
+	$(PY) benchmarks/bench_seeds.py
+	$(PY) benchmarks/bench_foundation.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

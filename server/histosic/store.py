@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Mapping
@@ -608,12 +609,24 @@ def _open_h5(path: str | os.PathLike[str]) -> h5py.File:
             else ""
         )
         raise EmbeddingNotFoundError(f"embedding file {p} does not exist{hint}")
+    if p.is_dir():
+        raise InvalidInputError(f"{p} is a folder, not an embedding file: give the .h5 file")
     try:
         return h5py.File(p, "r")
     except OSError as err:
         raise CorruptFileError(
-            f"{p} is not a readable HDF5 embedding file ({err}); re-create it with `histosic embed`"
+            f"{p} is not a readable HDF5 embedding file ({_h5_reason(err)}); re-create it with "
+            "`histosic embed`"
         ) from err
+
+
+def _h5_reason(err: OSError) -> str:
+    """The gist of an h5py error, in one line (HDF5's own text spans lines and fields)."""
+    text = str(err)
+    found = re.search(r"error message = '([^']*)'", text)
+    if found:
+        return found.group(1)
+    return " ".join(text.split())[:200]
 
 
 def read_meta(path: str | os.PathLike[str]) -> EmbeddingMeta:

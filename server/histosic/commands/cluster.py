@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from histosic.commands._args import add_cluster_options, cluster_options
+from histosic.commands._args import add_cluster_options, check_outputs_not_inputs, cluster_options
 
 if TYPE_CHECKING:
     from histosic.cluster import ClusterOptions, SlideClustering
@@ -84,6 +84,10 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     options = cluster_options(args)  # bad flag values first: they need no file
+    check_outputs_not_inputs(
+        {"--out": args.out, "--overlay": args.overlay, "--labels-csv": args.labels_csv},
+        {"the embedding file": args.embeddings, "--seeds": args.seeds, "--slide": args.slide},
+    )
     # Inputs first, so a typo in an input path is reported before an existing output is.
     seed_file = read_seeds(args.seeds)
     if not args.server:

@@ -22,10 +22,12 @@ from histosic.api.v1 import clustering_pb2, common_pb2, embedding_pb2
 from histosic.catalog import EmbeddingCache, EmbeddingCatalog, StoredEmbedding
 from histosic.config import MAX_PATCHES_PER_JOB
 from histosic.errors import (
+    MAX_NAME_BYTES,
     EmbeddingNotFoundError,
     InvalidInputError,
     PermissionDeniedError,
     PreconditionError,
+    shown,
 )
 from histosic.service.arrays import to_ndarray
 from histosic.service.convert import options_from_proto
@@ -38,12 +40,11 @@ if TYPE_CHECKING:
     from histosic.cluster import SlideClustering
     from histosic.store import Embeddings
 
-__all__ = ["CHUNK_BYTES", "MAX_SEEDS", "HistosicApi"]
+__all__ = ["CHUNK_BYTES", "HistosicApi"]
 
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20  # GetEmbedding chunk size: large enough for speed, far below message limits
-MAX_SEEDS = 100_000
 
 _JOB_STATES = {
     JobState.QUEUED: embedding_pb2.JOB_STATE_QUEUED,
@@ -71,8 +72,8 @@ class HistosicApi:
             entry = self.catalog.by_id(ref.embedding_id)
             if ref.model and entry.meta.model != ref.model:
                 raise InvalidInputError(
-                    f"embedding {ref.embedding_id!r} was made with model {entry.meta.model!r}, "
-                    f"not {ref.model!r}"
+                    f"embedding {shown(ref.embedding_id)} was made with model "
+                    f"{shown(entry.meta.model)}, not {shown(ref.model)}"
                 )
             return entry
         if not ref.slide and not ref.slide_fingerprint:
@@ -88,15 +89,15 @@ class HistosicApi:
             fingerprint = self.catalog.fingerprint(slide)
             if ref.slide_fingerprint and ref.slide_fingerprint != fingerprint:
                 raise InvalidInputError(
-                    f"slide {ref.slide!r} has fingerprint {fingerprint}, not the "
-                    f"{ref.slide_fingerprint!r} given: it is another file"
+                    f"slide {shown(ref.slide)} has fingerprint {fingerprint}, not the "
+                    f"{shown(ref.slide_fingerprint)} given: it is another file"
                 )
         found = self.catalog.find(fingerprint=fingerprint, model=ref.model)
         if not found and slide_path:
             found = self.catalog.find(slide_path=slide_path, model=ref.model)
         if not found:
-            what = f"slide {ref.slide!r}" if ref.slide else "the slide"
-            model = f" with model {ref.model!r}" if ref.model else ""
+            what = f"slide {shown(ref.slide)}" if ref.slide else "the slide"
+            model = f" with model {shown(ref.model)}" if ref.model else ""
             raise EmbeddingNotFoundError(
                 f"the server's store has no embedding of {what} (fingerprint {fingerprint})"
                 f"{model}; start one with StartEmbedding"
@@ -138,7 +139,7 @@ class HistosicApi:
         if sep and kind != "timm":
             # checkpoint:<path> and histossl:<path> would read any file the server can see.
             raise PermissionDeniedError(
-                f"model {name!r} names a file on the server; remote clients may use only the "
+                f"model {shown(name)} names a file on the server; remote clients may use only the "
                 "registry's models and timm:<name> (embed with your own weights locally: "
                 "`histosic embed --model checkpoint:...`)"
             )
@@ -221,6 +222,12 @@ class HistosicApi:
             max_patches=self.max_patches_per_job,
         )
         name = plan.file_name(Path(embedding_filename(slide, model, tiling)).name)
+        if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+            raise InvalidInputError(
+                f"the embedding file of slide {shown(request.slide)} would be named "
+                f"{len(name.encode('utf-8', 'surrogatepass'))} bytes long, over the "
+                f"{MAX_NAME_BYTES} bytes a file name may have: give the slide a shorter name"
+            )
         req = EmbedRequest(
             slide_ref=request.slide,
             slide=slide,
@@ -333,7 +340,8 @@ class HistosicApi:
         """The first message (with the first chunk) and the feature bytes."""
         if request.dtype not in ("", "float32", "float16"):
             raise InvalidInputError(
-                f"dtype must be 'float32', 'float16' or empty (stored dtype), got {request.dtype!r}"
+                "dtype must be 'float32', 'float16' or empty (stored dtype), got "
+                f"{shown(request.dtype)}"
             )
         entry = self.resolve_embedding(request.embedding)
         emb = self.cache.get(entry)
@@ -359,18 +367,19 @@ class HistosicApi:
     # -- ClusteringService ----------------------------------------------------------------
     def cluster(self, request: clustering_pb2.ClusterRequest) -> clustering_pb2.ClusterResponse:
         from histosic.cluster import cluster_slide
+        from histosic.cluster.options import check_class_count, check_seed_count
         from histosic.seeds import SeedPoint
 
-        if len(request.seeds) > MAX_SEEDS:
-            raise InvalidInputError(
-                f"{len(request.seeds)} seeds given; at most {MAX_SEEDS} are accepted"
-            )
+        # The limits first, before the embedding is loaded (docs/SERVER.md, "Limits").
+        check_seed_count(len(request.seeds))
         if not request.seeds:
             raise InvalidInputError(
                 "no seeds given: send point annotations with class names (e.g. 'Tumor' and "
                 "'Stroma')"
             )
         options = options_from_proto(request.options)
+        if options.multiclass:
+            check_class_count(len({s.class_name.strip() for s in request.seeds} - {""}))
         entry = self.resolve_embedding(request.embedding)
         emb = self.cache.get(entry)
         points = [SeedPoint(float(s.x), float(s.y), s.class_name) for s in request.seeds]
@@ -453,9 +462,13 @@ class HistosicApi:
         return resp
 
     def colors(self, request: clustering_pb2.ColorsRequest) -> clustering_pb2.ColorsResponse:
+        from histosic.cluster.options import check_random_state
+
+        if request.HasField("random_state"):
+            check_random_state(request.random_state)  # before any work
         method = request.method or "pca"
         if method not in ("pca", "umap"):
-            raise InvalidInputError(f"method must be 'pca' or 'umap', got {request.method!r}")
+            raise InvalidInputError(f"method must be 'pca' or 'umap', got {shown(request.method)}")
         entry = self.resolve_embedding(request.embedding)
         emb = self.cache.get(entry)
         try:

@@ -29,6 +29,7 @@ from histosic.service.calls import CallGuard
 from histosic.service.connect_service import make_wsgi_app
 from histosic.service.grpc_service import (
     ClusteringServicer,
+    DecodeGuard,
     EmbeddingServicer,
     TokenInterceptor,
     add_embedding_servicer,
@@ -36,6 +37,7 @@ from histosic.service.grpc_service import (
 from histosic.service.https import HttpsServer
 from histosic.service.jobs import EmbedFunction, JobManager
 from histosic.service.paths import SlideResolver
+from histosic.service.status import hide_paths
 
 __all__ = ["HistosicServer", "ServerConfig", "create_server", "is_loopback"]
 
@@ -100,6 +102,7 @@ class HistosicServer:
         self.catalog = EmbeddingCatalog(config.store)
         self.cache = EmbeddingCache(config.cache_bytes)
         self.resolver = SlideResolver(config.slide_roots)
+        hide_paths((self.catalog.store, *self.resolver.roots))  # client messages: relative paths
         self.jobs = JobManager(
             config.devices,
             workers=config.embed_workers,
@@ -114,7 +117,10 @@ class HistosicServer:
             self.jobs,
             max_patches_per_job=config.max_patches_per_job,
         )
-        interceptors = [TokenInterceptor(config.token)] if config.token else []
+        # The token first: an unauthenticated caller learns nothing, not even a decode error.
+        interceptors: list[grpc.ServerInterceptor] = [DecodeGuard()]
+        if config.token:
+            interceptors.insert(0, TokenInterceptor(config.token))
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(
                 max_workers=config.grpc_threads, thread_name_prefix="histosic-grpc"

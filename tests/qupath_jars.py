@@ -4,7 +4,11 @@ into the project; a version is skipped, with the reason, where anything is missi
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,3 +91,45 @@ def qupath_jars(version: str) -> QuPathJars:
     jars = sorted(str(j) for j in (QUPATH / version).glob("*.jar"))
     jars += [f"/usr/share/java/{j}.jar" for j in wanted]
     return QuPathJars(version, homes[0], tuple(jars))
+
+
+RUNNER = ROOT / "tests" / "qupath" / "run_script.groovy"
+
+
+def run_qupath_script(
+    qupath: QuPathJars,
+    script: Path,
+    image: Path,
+    points: list[dict[str, Any]],
+    out: Path,
+    *,
+    args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    scenario: Path | None = None,
+    timeout: float = 240,
+) -> subprocess.CompletedProcess[str]:
+    """Run a QuPath script file unchanged on QuPath's own classes (``qupath/run_script.groovy``): a
+    real ``ImageData`` on ``image``, ``points`` as real point annotations, ``args`` as the
+    script's ``args`` (as ``QuPath script -a`` gives them), then the optional ``scenario``."""
+    out.mkdir(parents=True, exist_ok=True)
+    pts = out.parent / f"{out.name}-points.json"
+    pts.write_text(json.dumps(points))
+    full_env = {
+        **os.environ,
+        "JAVA_HOME": str(qupath.java_home),
+        # A short run: the client compiler only and the shared class archive start the JVM in
+        # about two thirds of the time (the scripts' behaviour does not depend on the JIT).
+        "JAVA_OPTS": "-XX:TieredStopAtLevel=1 -Xshare:auto -Djava.awt.headless=true",
+        **(env or {}),
+    }
+    full_env.pop("QUPATH_TEST_SCENARIO", None)
+    if scenario is not None:
+        full_env["QUPATH_TEST_SCENARIO"] = str(scenario)
+    return subprocess.run(
+        ["groovy", "-cp", qupath.classpath, str(RUNNER)]
+        + [str(script), str(image), str(pts), str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )

@@ -12,7 +12,8 @@
  *   name=value ...: the script's `args`, as `QuPath script -a name=value` passes them.
  *   QUPATH_TEST_SCENARIO (environment): a Groovy file run after the script with `imageData`,
  *   `hierarchy`, `runScript` (a closure: run the script again with a list of args), `outDir`,
- *   `result` bound: what a user does next (fire real hierarchy events, wait, record).
+ *   `result` bound: what a user does next (fire real hierarchy events, wait, record);
+ *   QUPATH_TEST_SKIP_FIRST=1 leaves the first run to the scenario.
  * Writes OUT_DIR/hierarchy.geojson (every object in the hierarchy afterwards, by QuPath's exporter),
  * OUT_DIR/ids-before.txt and ids-after.txt (object ids), OUT_DIR/removed.txt (1 when the earlier
  * run's object was removed), OUT_DIR/response.json (its return value), OUT_DIR/uri.txt (the image's
@@ -71,16 +72,22 @@ imports.addStaticStars(QP.class.getName())
 QP.getCoreClasses().each { imports.addImports(it.getName()) }
 def config = new CompilerConfiguration()
 config.addCompilationCustomizers(imports)
-// As QuPath runs a script: a fresh shell per run, `args` bound as `QuPath script -a` binds it.
-def runScript = { List<String> a ->
+// As QuPath runs a script: a fresh shell per run, `args` bound as `QuPath script -a` binds it,
+// and its `out` (what println writes to) the console or a writer of the scenario's.
+def runScript = { List<String> a, Writer w = null ->
     def binding = new Binding()
     binding.setVariable('args', a as String[])
+    if (w != null) {
+        binding.setVariable('out', new PrintWriter(w, true))
+    }
     return new GroovyShell(binding, config).evaluate(scriptFile)
 }
 def result = null
 def failure = null
 try {
-    result = runScript(scriptArgs as List)
+    if (System.getenv('QUPATH_TEST_SKIP_FIRST') != '1') {
+        result = runScript(scriptArgs as List)
+    }
     def scenario = System.getenv('QUPATH_TEST_SCENARIO')
     if (scenario) {
         def b = new Binding([imageData: imageData, hierarchy: hierarchy, runScript: runScript, outDir: outDir, result: result])

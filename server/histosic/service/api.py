@@ -30,6 +30,7 @@ from histosic.service.arrays import to_ndarray
 from histosic.service.convert import options_from_proto
 from histosic.service.jobs import EmbedRequest, JobManager, JobSnapshot, JobState
 from histosic.service.paths import SlideResolver
+from histosic.service.wire import encode_chunk
 
 if TYPE_CHECKING:
     from histosic.cluster import SlideClustering
@@ -298,6 +299,32 @@ class HistosicApi:
     def get_embedding(
         self, request: embedding_pb2.GetEmbeddingRequest
     ) -> Iterator[embedding_pb2.GetEmbeddingResponse]:
+        """The embedding as messages (Connect): the first with everything but the later chunks."""
+        first, view = self._embedding_parts(request)
+        yield first
+        for offset in range(CHUNK_BYTES, len(view), CHUNK_BYTES):
+            yield embedding_pb2.GetEmbeddingResponse(
+                chunk=bytes(view[offset : offset + CHUNK_BYTES]), offset=offset
+            )
+
+    def get_embedding_wire(
+        self, request: embedding_pb2.GetEmbeddingRequest
+    ) -> Iterator[embedding_pb2.GetEmbeddingResponse | bytes]:
+        """The same stream for gRPC, every message after the first already serialized.
+
+        A chunk message is the protobuf encoding of ``{chunk, offset}`` written straight from the
+        feature matrix: one copy per byte instead of three (slice, message, serialization), which
+        is most of GetEmbedding's Python-side cost (benchmarks/bench_server.py).
+        """
+        first, view = self._embedding_parts(request)
+        yield first
+        for offset in range(CHUNK_BYTES, len(view), CHUNK_BYTES):
+            yield encode_chunk(view[offset : offset + CHUNK_BYTES], offset)
+
+    def _embedding_parts(
+        self, request: embedding_pb2.GetEmbeddingRequest
+    ) -> tuple[embedding_pb2.GetEmbeddingResponse, memoryview]:
+        """The first message (with the first chunk) and the feature bytes."""
         if request.dtype not in ("", "float32", "float16"):
             raise InvalidInputError(
                 f"dtype must be 'float32', 'float16' or empty (stored dtype), got {request.dtype!r}"
@@ -320,13 +347,8 @@ class HistosicApi:
         if emb.white_fraction is not None:
             first.white_fraction.CopyFrom(to_ndarray(emb.white_fraction, "float32"))
         view = memoryview(feats.reshape(-1).view(np.uint8).data) if n else memoryview(b"")
-        total = len(view)
         first.chunk = bytes(view[:CHUNK_BYTES])
-        yield first
-        for offset in range(CHUNK_BYTES, total, CHUNK_BYTES):
-            yield embedding_pb2.GetEmbeddingResponse(
-                chunk=bytes(view[offset : offset + CHUNK_BYTES]), offset=offset
-            )
+        return first, view
 
     # -- ClusteringService ----------------------------------------------------------------
     def cluster(self, request: clustering_pb2.ClusterRequest) -> clustering_pb2.ClusterResponse:
@@ -347,7 +369,26 @@ class HistosicApi:
         emb = self.cache.get(entry)
         points = [SeedPoint(float(s.x), float(s.y), s.class_name) for s in request.seeds]
         sc = cluster_slide(emb, points, options)
-        return self._cluster_response(request, entry, emb, sc, options.output)
+        resp = self._cluster_response(request, entry, emb, sc, options.output)
+        if request.options.include_cells:
+            resp.cells.CopyFrom(self._cells(emb, sc))
+        return resp
+
+    @staticmethod
+    def _cells(emb: Embeddings, sc: SlideClustering) -> clustering_pb2.PatchCells:
+        """The compact answer: each patch's cell and the measurements its GeoJSON tile carries
+        (about 1 ms per 100k patches; not worth a cache that could go stale)."""
+        from histosic.outputs.geojson import tile_cells
+
+        origin, size = tile_cells(emb)
+        cells = clustering_pb2.PatchCells(
+            origin=to_ndarray(origin, "float32"),
+            size=size,
+            seeded=to_ndarray(np.asarray(sc.result.seeds) >= 0, "uint8"),
+        )
+        if emb.tissue_fraction is not None:
+            cells.tissue_fraction.CopyFrom(to_ndarray(emb.tissue_fraction, "float32"))
+        return cells
 
     def _cluster_response(
         self,

@@ -18,7 +18,7 @@ from histosic.api.v1 import (
 from histosic.service.api import HistosicApi
 from histosic.service.status import status_of
 
-__all__ = ["ClusteringServicer", "EmbeddingServicer", "TokenInterceptor"]
+__all__ = ["ClusteringServicer", "EmbeddingServicer", "TokenInterceptor", "add_embedding_servicer"]
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +82,46 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
     ) -> embedding_pb2.ListEmbeddingsResponse:
         return _unary("ListEmbeddings", self.api.list_embeddings, request, context)
 
-    def GetEmbedding(
+    def GetEmbedding(  # type: ignore[override]  # bytes: pre-serialized messages, see below
         self, request: embedding_pb2.GetEmbeddingRequest, context: grpc.ServicerContext
-    ) -> Iterator[embedding_pb2.GetEmbeddingResponse]:
-        return _stream("GetEmbedding", self.api.get_embedding, request, context)
+    ) -> Iterator[embedding_pb2.GetEmbeddingResponse | bytes]:
+        # Chunks leave pre-serialized (service/wire.py); add_embedding_servicer lets them through.
+        return _stream("GetEmbedding", self.api.get_embedding_wire, request, context)
+
+
+def _serialize_or_pass(message: embedding_pb2.GetEmbeddingResponse | bytes) -> bytes:
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+class _Registration:
+    """Stands in for a grpc.Server to catch the generated code's method handlers."""
+
+    handlers: dict[str, grpc.RpcMethodHandler]
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.handlers = dict(handlers)
+
+
+def add_embedding_servicer(servicer: EmbeddingServicer, server: grpc.Server) -> None:
+    """``add_EmbeddingServiceServicer_to_server``, with GetEmbedding's serializer passing the
+    pre-serialized chunk messages through unchanged."""
+    caught = _Registration()
+    embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(servicer, caught)
+    caught.handlers["GetEmbedding"] = grpc.unary_stream_rpc_method_handler(
+        servicer.GetEmbedding,
+        request_deserializer=embedding_pb2.GetEmbeddingRequest.FromString,
+        response_serializer=_serialize_or_pass,
+    )
+    service = "histosic.v1.EmbeddingService"
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service, caught.handlers),)
+    )
+    server.add_registered_method_handlers(service, caught.handlers)
 
 
 class ClusteringServicer(clustering_pb2_grpc.ClusteringServiceServicer):

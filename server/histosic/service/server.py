@@ -19,12 +19,17 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from histosic.api.v1 import clustering_pb2, clustering_pb2_grpc, embedding_pb2, embedding_pb2_grpc
+from histosic.api.v1 import clustering_pb2, clustering_pb2_grpc, embedding_pb2
 from histosic.catalog import EmbeddingCache, EmbeddingCatalog
 from histosic.errors import InvalidInputError
 from histosic.service.api import HistosicApi
 from histosic.service.connect_service import make_wsgi_app
-from histosic.service.grpc_service import ClusteringServicer, EmbeddingServicer, TokenInterceptor
+from histosic.service.grpc_service import (
+    ClusteringServicer,
+    EmbeddingServicer,
+    TokenInterceptor,
+    add_embedding_servicer,
+)
 from histosic.service.jobs import EmbedFunction, JobManager
 from histosic.service.paths import SlideResolver
 
@@ -109,9 +114,7 @@ class HistosicServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(
-            EmbeddingServicer(self.api), self.grpc
-        )
+        add_embedding_servicer(EmbeddingServicer(self.api), self.grpc)
         clustering_pb2_grpc.add_ClusteringServiceServicer_to_server(
             ClusteringServicer(self.api), self.grpc
         )

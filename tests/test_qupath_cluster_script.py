@@ -223,3 +223,55 @@ def test_script_error_paths(qupath: QuPathJars, served: Served, tmp_path: Path, 
     assert (out / "ids-after.txt").read_text() == (out / "ids-before.txt").read_text()
     assert (out / "removed.txt").read_text() == "0"
     check_user_objects_untouched(out)
+
+
+def _objects(out: Path) -> list[dict[str, Any]]:
+    objs: list[dict[str, Any]] = json.loads((out / "objects.json").read_text())
+    return objs
+
+
+def _key(o: dict[str, Any]) -> tuple[Any, ...]:
+    bounds = tuple(round(b, 6) for b in o["bounds"])
+    return (o["type"], o.get("cls") or "", o["roi"], bounds, o.get("parent") or "")
+
+
+@pytest.mark.parametrize("output", ["tiles", "detections", "both"])
+def test_compact_answer_gives_the_same_objects(
+    qupath: QuPathJars, served: Served, tmp_path: Path, output: str
+) -> None:
+    """Tiles built in the script from the compact answer (cells, labels, confidence) are the objects
+    QuPath's own GeoJSON reader makes of the GeoJSON answer: types, classes, ROIs, measurements."""
+    got = {}
+    for compact in ("false", "true"):
+        out = tmp_path / f"compact-{compact}"
+        proc = run(
+            qupath, served.url, "s3cret", served.slide, POINTS, out,
+            f"compact={compact}", f"output={output}",
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        got[compact] = sorted(_objects(out), key=_key)
+    geojson, compact_objs = got["false"], got["true"]
+    assert [_key(o) for o in compact_objs] == [_key(o) for o in geojson]
+    kind = "detection" if output == "detections" else "tile"
+    patches = [
+        o for o in compact_objs if o["type"] == kind and "histosic: confidence" in o["measurements"]
+    ]
+    assert len(patches) == served.n_patches
+    assert {o["roi"] for o in patches} == {"Rectangle"}
+    assert {o.get("cls") for o in patches} == {"Tumor", "Stroma"}
+    differ = 0
+    for a, b in zip(geojson, compact_objs, strict=True):
+        assert a["measurements"].keys() == b["measurements"].keys()
+        for k, v in a["measurements"].items():
+            if b["measurements"][k] != pytest.approx(v, rel=1e-6, abs=1e-7):
+                # The GeoJSON rounds the server's float64 confidence to 4 decimals, the script the
+                # float32 of the compact answer: a value within 1e-8 of a rounding tie can land on
+                # either side (2 of 1600 here).
+                assert k == "histosic: confidence" and abs(b["measurements"][k] - v) < 1.01e-4
+                differ += 1
+    assert differ <= 0.01 * len(patches)
+    suggested = [o for o in compact_objs if o.get("cls") == "histosic: suggested seed"]
+    assert len(suggested) == 5 and {o["roi"] for o in suggested} == {"Points"}
+    if output == "both":
+        assert sum(o["roi"] in ("Polygon", "Geometry") for o in compact_objs) == 2  # the regions
+    assert any(o["measurements"].get("histosic: seed") == 1.0 for o in patches)

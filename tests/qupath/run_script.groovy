@@ -99,6 +99,15 @@ try {
 
 def after = hierarchy.getFlattenedObjectList(null).findAll { !it.isRootObject() }
 new File(outDir, 'ids-after.txt').text = ids()
+// What QuPath holds, beyond what its GeoJSON export says: the object type and the ROI class.
+new File(outDir, 'objects.json').setText(new Gson().toJson(after.collect { o ->
+    def r = o.getROI()
+    [type: o.isTile() ? 'tile' : (o.isDetection() ? 'detection' : (o.isAnnotation() ? 'annotation' : 'other')),
+     cls: o.getPathClass() == null ? null : o.getPathClass().toString(), roi: r.getRoiName(),
+     bounds: [r.getBoundsX(), r.getBoundsY(), r.getBoundsWidth(), r.getBoundsHeight()],
+     measurements: o.getMeasurementList().asMap().collectEntries { k, v -> [k, v.doubleValue()] },
+     parent: o.getParent() == null ? null : (o.getParent().isRootObject() ? 'root' : o.getParent().getID().toString())]
+}), 'UTF-8')
 new File(outDir, 'removed.txt').text = String.valueOf(hierarchy.getFlattenedObjectList(null).contains(earlier) ? 0 : 1)
 PathIO.exportObjectsAsGeoJSON(new File(outDir, 'hierarchy.geojson'), after, PathIO.GeoJsonExportOptions.FEATURE_COLLECTION)
 new File(outDir, 'uri.txt').text = server.getURIs().iterator().next().toString()

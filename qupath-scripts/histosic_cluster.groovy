@@ -24,17 +24,21 @@ import com.google.gson.JsonParser
 import qupath.lib.io.PathIO
 import qupath.lib.measurements.MeasurementList
 import qupath.lib.measurements.MeasurementListFactory
+import qupath.lib.objects.PathObject
 import qupath.lib.objects.PathObjects
 import qupath.lib.objects.classes.PathClass
 import qupath.lib.objects.hierarchy.events.PathObjectHierarchyListener
 import qupath.lib.regions.ImagePlane
 import qupath.lib.roi.ROIs
+import qupath.lib.roi.interfaces.ROI
 
 import java.net.http.HttpClient
 import java.net.http.HttpRequest
 import java.net.http.HttpResponse
 import java.nio.ByteBuffer
 import java.nio.ByteOrder
+import java.nio.FloatBuffer
+import java.nio.IntBuffer
 import java.nio.charset.StandardCharsets
 import java.time.Duration
 import java.util.concurrent.LinkedBlockingQueue
@@ -131,6 +135,7 @@ def call = { String service, String rpc, JsonObject request ->
         builder.header('Authorization', 'Bearer ' + settings.token)
     }
     def response
+    long t0 = System.nanoTime()
     try {
         response = client.send(builder.build(), HttpResponse.BodyHandlers.ofString(StandardCharsets.UTF_8))
     } catch (javax.net.ssl.SSLException e) {
@@ -155,6 +160,8 @@ def call = { String service, String rpc, JsonObject request ->
         }
         throw new IllegalArgumentException("histosic: ${code}: ${message}${hint}")
     }
+    body.addProperty('_seconds', (System.nanoTime() - t0) / 1e9)
+    body.addProperty('_chars', response.body().length())
     return body
 }
 
@@ -251,37 +258,22 @@ def ndarray = { JsonObject a, String dtype ->
     def bytes = a.has('data') ? Base64.getDecoder().decode(a.get('data').getAsString()) : new byte[0]
     return ByteBuffer.wrap(bytes).order(ByteOrder.LITTLE_ENDIAN)
 }
-// QuPath GeoJSON rounds measurements to 4 decimals (half to even): the same values either way.
-def round4 = { double v -> Double.isFinite(v) ? new BigDecimal(v).setScale(4, java.math.RoundingMode.HALF_EVEN).doubleValue() : v }
-// The tiles (or detections) from the compact answer, as the GeoJSON would give them.
+// The tiles (or detections) from the compact answer, as the GeoJSON would give them
+// (CellObjects, at the end of the script: compiled statically, 100k objects in a moment).
 def cellObjects = { JsonObject body ->
     def cells = body.getAsJsonObject('cells')
-    def origin = ndarray(cells.getAsJsonObject('origin'), 'float32').asFloatBuffer()
-    double size = cells.get('size').getAsDouble()
-    def labels = ndarray(body.getAsJsonObject('labels'), 'int32').asIntBuffer()
-    def confidence = ndarray(body.getAsJsonObject('confidence'), 'float32').asFloatBuffer()
-    def seeded = cells.has('seeded') ? ndarray(cells.getAsJsonObject('seeded'), 'uint8') : null
-    def tissue = cells.has('tissueFraction') ? ndarray(cells.getAsJsonObject('tissueFraction'), 'float32').asFloatBuffer() : null
-    def classes = body.getAsJsonArray('classNames').collect { PathClass.fromString(it.getAsString()) }
-    def plane = ImagePlane.getDefaultPlane()
-    boolean detections = settings.output == 'detections'
-    int n = labels.remaining()
-    def objects = new ArrayList(n)
-    for (int i = 0; i < n; i++) {
-        def roi = ROIs.createRectangleROI(origin.get(2 * i) as double, origin.get(2 * i + 1) as double, size, size, plane)
-        def ml = MeasurementListFactory.createMeasurementList(3, MeasurementList.MeasurementListType.FLOAT)
-        ml.put('histosic: confidence', round4(confidence.get(i) as double))
-        if (seeded != null) {
-            ml.put('histosic: seed', seeded.get(i) as double)
-        }
-        if (tissue != null) {
-            ml.put('histosic: tissue fraction', round4(tissue.get(i) as double))
-        }
-        def pc = classes[labels.get(i)]
-        objects << (detections ? PathObjects.createDetectionObject(roi, pc, ml) : PathObjects.createTileObject(roi, pc, ml))
-    }
-    return objects
+    return CellObjects.build(
+            ndarray(cells.getAsJsonObject('origin'), 'float32').asFloatBuffer(),
+            cells.get('size').getAsDouble(),
+            ndarray(body.getAsJsonObject('labels'), 'int32').asIntBuffer(),
+            ndarray(body.getAsJsonObject('confidence'), 'float32').asFloatBuffer(),
+            cells.has('seeded') ? ndarray(cells.getAsJsonObject('seeded'), 'uint8') : null,
+            cells.has('tissueFraction') ? ndarray(cells.getAsJsonObject('tissueFraction'), 'float32').asFloatBuffer() : null,
+            body.getAsJsonArray('classNames').collect { PathClass.fromString(it.getAsString()) },
+            settings.output == 'detections')
 }
+// Suggested seeds as the GeoJSON gives them: points at 2 decimals, measurements at 4.
+def round4 = { double v -> Double.isFinite(v) ? new BigDecimal(v).setScale(4, java.math.RoundingMode.HALF_EVEN).doubleValue() : v }
 def suggestionObjects = { JsonObject body ->
     def pc = PathClass.fromString(SUGGESTED)
     def plane = ImagePlane.getDefaultPlane()
@@ -355,10 +347,16 @@ if (problem != null && !settings.live) {
     println problem // live mode waits for the seeds
 } else {
     body = call('ClusteringService', 'Cluster', clusterRequest(found.seeds))
+    long t0 = System.nanoTime()
     def added = resultObjects(body)
+    long t1 = System.nanoTime()
     def removed = apply(added)
+    long t2 = System.nanoTime()
     summary(body).each { println it }
     println "histosic: added ${added.size()} objects, replaced ${removed} of an earlier run"
+    println String.format('histosic: timings: answer %.1f MB in %.3f s, objects made in %.3f s, put in the hierarchy in %.3f s (%s)',
+            body.get('_chars').getAsLong() / 1e6, body.get('_seconds').getAsDouble(), (t1 - t0) / 1e9, (t2 - t1) / 1e9,
+            compactCells ? 'compact cells' : 'GeoJSON')
 }
 
 // ================================================================ live mode
@@ -428,3 +426,34 @@ if (settings.live) {
     println 'histosic: live mode on: the map follows your seed changes; run the script again (or close the image) to stop'
 }
 return body
+
+// ================================================================ tiles from cells (static code)
+@groovy.transform.CompileStatic
+class CellObjects {
+    /** One tile (or detection) per patch: its cell, class and measurements, as the GeoJSON has them. */
+    static List<PathObject> build(FloatBuffer origin, double size, IntBuffer labels, FloatBuffer confidence,
+                                  ByteBuffer seeded, FloatBuffer tissue, List<PathClass> classes, boolean detections) {
+        ImagePlane plane = ImagePlane.getDefaultPlane()
+        int n = labels.remaining()
+        List<PathObject> out = new ArrayList<PathObject>(n)
+        for (int i = 0; i < n; i++) {
+            ROI roi = ROIs.createRectangleROI((double) origin.get(2 * i), (double) origin.get(2 * i + 1), size, size, plane)
+            MeasurementList ml = MeasurementListFactory.createMeasurementList(3, MeasurementList.MeasurementListType.FLOAT)
+            ml.put('histosic: confidence', round4((double) confidence.get(i)))
+            if (seeded != null) {
+                ml.put('histosic: seed', (double) seeded.get(i))
+            }
+            if (tissue != null) {
+                ml.put('histosic: tissue fraction', round4((double) tissue.get(i)))
+            }
+            PathClass pc = classes.get(labels.get(i))
+            out.add(detections ? PathObjects.createDetectionObject(roi, pc, ml) : PathObjects.createTileObject(roi, pc, ml))
+        }
+        return out
+    }
+
+    /** numpy's round(v, 4), as the server rounds the GeoJSON's measurements. */
+    static double round4(double v) {
+        return Double.isFinite(v) ? Math.rint(v * 1e4d) / 1e4d : v
+    }
+}

@@ -293,10 +293,10 @@ def _autocast(device: torch.device) -> Any:
 def _iterate(
     dataset: _PatchBatches, workers: int, device: torch.device
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """The batches in order; with workers, these start reading at once (before the first
+    ``next``), so that the model's move to the device overlaps their start-up."""
     if workers <= 0:
-        for i in range(len(dataset)):
-            yield dataset[i]
-        return
+        return (dataset[i] for i in range(len(dataset)))
     # fork is fast, but forking a process whose other threads hold locks (a gRPC server calling us
     # from a worker thread) can deadlock the child; spawn is safe there.
     ctx = (
@@ -315,7 +315,12 @@ def _iterate(
         multiprocessing_context=ctx,
         persistent_workers=False,
     )
-    yield from loader
+    started = iter(loader)
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        yield from started
+
+    return batches()
 
 
 def _existing(path: Path, meta: EmbeddingMeta) -> str:
@@ -472,7 +477,15 @@ def _embed_open_slide(
 
     if should_stop is not None and should_stop():
         raise CancelledError(f"embedding of {slide.path} cancelled before it started")
-    grid, _ = slide_grid(slide, tiling, tissue)
+    # The model is built while the tissue is detected: the two are independent and each takes
+    # about a second (benchmarks/bench_embed.py). The thread has ended before any reader forks.
+    building = _Background(load_model, model)
+    try:
+        grid, _ = slide_grid(slide, tiling, tissue)
+    except BaseException:
+        building.join()  # the slide's error wins; the model's, if any, is dropped
+        raise
+    loaded: LoadedModel = building.result()
     if len(grid) == 0:
         raise NoTissueError(
             f"no tissue patch in {slide.path}: none of the {grid.n_candidates} patches of "
@@ -480,7 +493,6 @@ def _embed_open_slide(
             f"{tiling.tissue_threshold:g}; lower --tissue-threshold (0 keeps every patch), check "
             "--slide-mpp, or check that the slide holds stained tissue"
         )
-    loaded = load_model(model)
     info = loaded.info
     preprocessing = {
         "input_size": info.input_size,
@@ -517,6 +529,33 @@ def _embed_open_slide(
         # An interruption or an unexpected failure keeps the partial file for a resume.
         writer.close()
         raise
+
+
+class _Background:
+    """Run ``fn(*args)`` in a thread; :meth:`result` waits and returns or raises what it did."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._target, args=(fn, args), name="histosic-model", daemon=True
+        )
+        self._thread.start()
+
+    def _target(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        try:
+            self._value = fn(*args)
+        except BaseException as err:  # handed to the caller in result()
+            self._error = err
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def _n_patches(path: Path) -> int:
@@ -560,12 +599,6 @@ def _run(
     if writer.n_done >= n_total:
         return
     n_workers = default_workers(device) if workers is None else int(workers)
-    module = loaded.module.to(device)
-    if device.type != "cpu" or any(p.dim() == 4 for p in module.parameters()):
-        module = module.to(memory_format=torch.channels_last)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    prep = _Preprocess(loaded, device)
     dataset = _PatchBatches(
         slide.path,
         slide.mpp,
@@ -587,7 +620,13 @@ def _run(
         batch_size,
         writer.n_done,
     )
-    batches = _iterate(dataset, n_workers, device)
+    batches = _iterate(dataset, n_workers, device)  # readers start now
+    module = loaded.module.to(device)
+    if device.type != "cpu" or any(p.dim() == 4 for p in module.parameters()):
+        module = module.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    prep = _Preprocess(loaded, device)
     cuda = device.type == "cuda"
     # On CUDA one batch is in flight: batch i's features come back to the host (pinned,
     # non-blocking) and are written while the GPU computes batch i + 1, so the HDF5 write and the

@@ -120,8 +120,8 @@ def main() -> int:
     if not found or shutil.which("groovy") is None:
         why = "no QuPath jars in ../shared/qupath" if not found else "groovy is not installed"
         print(f"skipped: {why}")
-        print(json.dumps({"benchmark": "qupath_import", "target": target, "measured": {},
-                          "holds": False, "skipped": why}))  # fmt: skip
+        print(json.dumps({"benchmark": "qupath_import", "target": target,
+                          "measured": {"skipped": why}, "holds": None}))  # fmt: skip
         return 0
     import pytest
     from qupath_jars import qupath_jars
@@ -131,6 +131,8 @@ def main() -> int:
         jars = qupath_jars(version)
     except pytest.skip.Exception as err:
         print(f"skipped: {err}")
+        print(json.dumps({"benchmark": "qupath_import", "target": target,
+                          "measured": {"skipped": str(err)}, "holds": None}))  # fmt: skip
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)

@@ -18,6 +18,8 @@ CASES = {
     "bench_server.py": ["--patches", "2000", "--dim", "16", "--repeat", "1"],
     "bench_embed.py": ["--patches", "40", "--batch-size", "16"],
     "bench_loader.py": ["--patches", "60", "--batch-size", "16", "--workers", "1"],
+    # real QuPath classes in a JVM (or a skipped line where ../shared/qupath is absent)
+    "bench_qupath_import.py": ["--patches", "2000", "--rounds", "2"],
 }
 
 

@@ -4,11 +4,16 @@ into the project; a version is skipped, with the reason, where anything is missi
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import re
+import ssl
 import subprocess
-from collections.abc import Mapping, Sequence
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,3 +138,42 @@ def run_qupath_script(
         timeout=timeout,
         env=full_env,
     )
+
+
+def forwarding_proxy(
+    target: str,
+    *,
+    hold: Callable[[bytes], float] | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> http.server.ThreadingHTTPServer:
+    """A small HTTP(S) proxy on a free loopback port that forwards every POST to ``target``
+    (a test tool: real HTTP on both sides). ``hold(body)`` gives seconds to hold the answer back;
+    ``tls`` serves HTTPS with that context. Run ``serve_forever`` in a thread; ``shutdown`` ends it.
+    """
+
+    class Forward(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            if hold is not None:
+                time.sleep(hold(body))
+            req = urllib.request.Request(
+                target + self.path, data=body, headers=dict(self.headers), method="POST"
+            )
+            try:
+                with urllib.request.urlopen(req, timeout=120) as resp:
+                    status, data = resp.status, resp.read()
+            except urllib.error.HTTPError as err:
+                status, data = err.code, err.read()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+    if tls is not None:
+        proxy.socket = tls.wrap_socket(proxy.socket, server_side=True)
+    return proxy

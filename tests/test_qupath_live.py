@@ -11,17 +11,20 @@ both sides) that holds back one answer, so that a newer change overtakes an olde
 
 from __future__ import annotations
 
-import http.server
 import json
 import shutil
 import threading
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from qupath_jars import VERSION_PARAMS, QuPathJars, qupath_jars, run_qupath_script
+from qupath_jars import (
+    VERSION_PARAMS,
+    QuPathJars,
+    forwarding_proxy,
+    qupath_jars,
+    run_qupath_script,
+)
 from test_qupath_cluster_script import POINTS, SCRIPT, check_user_objects_untouched
 from test_service_support import make_embedding, make_slide
 
@@ -47,36 +50,11 @@ def qupath(request: pytest.FixtureRequest) -> QuPathJars:
     return qupath_jars(request.param)
 
 
-def _proxy(target: str, held: list[float]) -> http.server.ThreadingHTTPServer:
-    """Forward every POST to ``target``; hold back (HOLD_S) the answer to the request whose seeds
-    hold the scenario's 'late' point (4900, 300) but not yet its 'later' one (4900, 700)."""
-
-    class Forward(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            seeds = json.loads(body).get("seeds", [])
-            xy = {(s["x"], s["y"]) for s in seeds}
-            if (4900.0, 300.0) in xy and (4900.0, 700.0) not in xy:
-                held.append(time.monotonic())
-                time.sleep(HOLD_S)
-            req = urllib.request.Request(
-                target + self.path, data=body, headers=dict(self.headers), method="POST"
-            )
-            try:
-                with urllib.request.urlopen(req, timeout=60) as resp:
-                    status, data = resp.status, resp.read()
-            except urllib.error.HTTPError as err:
-                status, data = err.code, err.read()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    return http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+def _hold(body: bytes) -> float:
+    """Hold back the answer to the request whose seeds hold the scenario's 'late' point
+    (4900, 300) but not yet its 'later' one (4900, 700)."""
+    xy = {(s["x"], s["y"]) for s in json.loads(body).get("seeds", [])}
+    return HOLD_S if (4900.0, 300.0) in xy and (4900.0, 700.0) not in xy else 0.0
 
 
 @pytest.fixture()
@@ -91,7 +69,14 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path, list[float]]]:
     server, _ = create_server("127.0.0.1:0", config)
     server.start()
     held: list[float] = []
-    proxy = _proxy(f"http://127.0.0.1:{server.http_port}", held)
+
+    def hold(body: bytes) -> float:
+        seconds = _hold(body)
+        if seconds:
+            held.append(seconds)
+        return seconds
+
+    proxy = forwarding_proxy(f"http://127.0.0.1:{server.http_port}", hold=hold)
     thread = threading.Thread(target=proxy.serve_forever, daemon=True)
     thread.start()
     try:

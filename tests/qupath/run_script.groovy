@@ -104,6 +104,7 @@ new File(outDir, 'objects.json').setText(new Gson().toJson(after.collect { o ->
     def r = o.getROI()
     [type: o.isTile() ? 'tile' : (o.isDetection() ? 'detection' : (o.isAnnotation() ? 'annotation' : 'other')),
      cls: o.getPathClass() == null ? null : o.getPathClass().toString(), roi: r.getRoiName(),
+     color: o.getColor() == null ? null : [(o.getColor() >> 16) & 0xFF, (o.getColor() >> 8) & 0xFF, o.getColor() & 0xFF],
      bounds: [r.getBoundsX(), r.getBoundsY(), r.getBoundsWidth(), r.getBoundsHeight()],
      measurements: o.getMeasurementList().asMap().collectEntries { k, v -> [k, v.doubleValue()] },
      parent: o.getParent() == null ? null : (o.getParent().isRootObject() ? 'root' : o.getParent().getID().toString())]

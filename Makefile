@@ -87,6 +87,7 @@ bench: install
 	$(PY) benchmarks/bench_ray.py
 	$(PY) benchmarks/bench_seeds.py
 	$(PY) benchmarks/bench_foundation.py
+	$(PY) benchmarks/bench_qupath_import.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -22,6 +22,8 @@ CASES = {
         *("--patches", "2000", "--dim", "16", "--seeds", "2", "50", "--classes", "2", "3"),
         *("--class-seeds", "30", "--repeat", "1"),
     ],
+    # real QuPath classes in a JVM (or a skipped line where ../shared/qupath is absent)
+    "bench_qupath_import.py": ["--patches", "2000", "--rounds", "2"],
 }
 
 

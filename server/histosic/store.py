@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Mapping
@@ -352,6 +353,10 @@ class EmbeddingWriter:
             chunks=(chunk_rows, self.dim) if self.n_total else None,
         )
         coords = f.create_dataset("coords", data=self.coords)
+        # Where Trident records the encoder of a feature file (and reads it back).
+        _write_attrs(
+            f["features"], {"encoder": self.meta.model, "name": Path(self.meta.slide_path).stem}
+        )
         f.create_dataset("tissue_fraction", shape=(self.n_total,), dtype="float32")
         f.create_dataset("white_fraction", shape=(self.n_total,), dtype="float32")
         meta_attrs = _meta_attrs(self.meta)
@@ -502,7 +507,11 @@ def _attr(attrs: Mapping[str, Any], key: str, default: Any = None) -> Any:
 
 
 def _meta_from_attrs(
-    root: Mapping[str, Any], coords_attrs: Mapping[str, Any], path: Path
+    root: Mapping[str, Any],
+    coords_attrs: Mapping[str, Any],
+    path: Path,
+    features_attrs: Mapping[str, Any] | None = None,
+    coords: npt.NDArray[Any] | None = None,
 ) -> EmbeddingMeta:
     if _attr(root, "format") == FORMAT_NAME:
         kwargs: dict[str, Any] = {}
@@ -515,22 +524,67 @@ def _meta_from_attrs(
             # Files written before the fix above stored Trident's pixel overlap over the fraction.
             kwargs["overlap"] = float(_attr(root, "overlap_fraction"))
         return EmbeddingMeta(**kwargs)
-    # A Trident or CLAM file: recover what its attributes allow.
+    return _foreign_meta(root, coords_attrs, features_attrs or {}, coords, path)
+
+
+def _stride_from_coords(coords: npt.NDArray[Any] | None) -> int:
+    """The grid step of a patch file: the smallest positive gap between x on one row (0: none)."""
+    if coords is None or len(coords) < 2:
+        return 0
+    xy = np.asarray(coords).reshape(-1, 2).astype(np.int64)
+    order = np.lexsort((xy[:, 0], xy[:, 1]))
+    xy = xy[order]
+    same_row = xy[1:, 1] == xy[:-1, 1]
+    gaps = (xy[1:, 0] - xy[:-1, 0])[same_row]
+    gaps = gaps[gaps > 0]
+    return int(gaps.min()) if gaps.size else 0
+
+
+def _foreign_meta(
+    root: Mapping[str, Any],
+    coords_attrs: Mapping[str, Any],
+    features_attrs: Mapping[str, Any],
+    coords: npt.NDArray[Any] | None,
+    path: Path,
+) -> EmbeddingMeta:
+    """What a Trident or CLAM file's attributes (and its coordinates) say.
+
+    Trident: ``patch_size`` (target px), ``patch_size_level0``, ``level0_magnification``,
+    ``target_magnification``, ``overlap`` (px) on /coords; ``encoder`` and ``name`` on /features.
+    CLAM (``create_patches_fp.py``): ``patch_size`` and ``patch_level`` with ``downsample`` (the
+    level's downsample per axis) and ``custom_downsample`` on /coords, so the level-0 side is
+    ``patch_size * downsample * custom_downsample``; CLAM writes no overlap, so the step comes
+    from the coordinates.
+    """
     merged = {**dict(root), **dict(coords_attrs)}
     patch_size = int(_attr(merged, "patch_size", 256))
     level0_mag = float(_attr(merged, "level0_magnification", 0) or 0)
     target_mag = float(_attr(merged, "target_magnification", 0) or 0)
     patch_size_level0 = int(_attr(merged, "patch_size_level0", 0) or 0)
+    source = "trident" if patch_size_level0 or "target_magnification" in merged else "clam"
     if not patch_size_level0:
-        # CLAM: patch_size is at patch_level with a downsample we do not know; assume level 0.
-        patch_size_level0 = patch_size
+        downsample = merged.get("downsample")
+        factor = float(np.asarray(downsample).reshape(-1)[0]) if downsample is not None else 1.0
+        factor *= float(_attr(merged, "custom_downsample", 1) or 1)
+        patch_size_level0 = int(round(patch_size * factor))
     mpp = float(_attr(merged, "mpp", 0) or 0) or (10.0 / level0_mag if level0_mag else 0.0)
     target_mpp = 10.0 / target_mag if target_mag else mpp * patch_size_level0 / max(patch_size, 1)
-    overlap_px = float(_attr(merged, "overlap", 0) or 0)
-    overlap = overlap_px / patch_size if overlap_px >= 1 else overlap_px
-    stride = max(1, int(round(patch_size_level0 * (1 - overlap))))
+    if "overlap" in merged:
+        overlap_px = float(_attr(merged, "overlap", 0) or 0)
+        overlap = overlap_px / patch_size if overlap_px >= 1 else overlap_px
+        stride = max(1, int(round(patch_size_level0 * (1 - overlap))))
+    else:
+        stride = _stride_from_coords(coords) or patch_size_level0
+        overlap = max(0.0, 1.0 - stride / max(patch_size_level0, 1))
+    encoder = (
+        _attr(features_attrs, "encoder", "")
+        or _attr(merged, "encoder", "")
+        or _attr(merged, "model", "")
+        or "unknown"
+    )
+    name = _attr(merged, "name", "") or _attr(features_attrs, "name", "") or path.stem
     return EmbeddingMeta(
-        slide_path=str(_attr(merged, "name", path.stem)),
+        slide_path=str(name),
         slide_fingerprint="",
         level0_width=int(_attr(merged, "level0_width", 0) or 0),
         level0_height=int(_attr(merged, "level0_height", 0) or 0),
@@ -540,8 +594,8 @@ def _meta_from_attrs(
         patch_size_level0=patch_size_level0,
         stride_level0=stride,
         overlap=overlap,
-        model=str(_attr(merged, "encoder", "") or _attr(merged, "model", "") or "unknown"),
-        extra={"source_format": "trident/clam"},
+        model=str(encoder),
+        extra={"source_format": source},
     )
 
 
@@ -555,12 +609,24 @@ def _open_h5(path: str | os.PathLike[str]) -> h5py.File:
             else ""
         )
         raise EmbeddingNotFoundError(f"embedding file {p} does not exist{hint}")
+    if p.is_dir():
+        raise InvalidInputError(f"{p} is a folder, not an embedding file: give the .h5 file")
     try:
         return h5py.File(p, "r")
     except OSError as err:
         raise CorruptFileError(
-            f"{p} is not a readable HDF5 embedding file ({err}); re-create it with `histosic embed`"
+            f"{p} is not a readable HDF5 embedding file ({_h5_reason(err)}); re-create it with "
+            "`histosic embed`"
         ) from err
+
+
+def _h5_reason(err: OSError) -> str:
+    """The gist of an h5py error, in one line (HDF5's own text spans lines and fields)."""
+    text = str(err)
+    found = re.search(r"error message = '([^']*)'", text)
+    if found:
+        return found.group(1)
+    return " ".join(text.split())[:200]
 
 
 def read_meta(path: str | os.PathLike[str]) -> EmbeddingMeta:
@@ -568,7 +634,10 @@ def read_meta(path: str | os.PathLike[str]) -> EmbeddingMeta:
     with _open_h5(path) as f:
         if "coords" not in f:
             raise CorruptFileError(f"{path} has no 'coords' dataset: not an embedding file")
-        return _meta_from_attrs(f.attrs, f["coords"].attrs, Path(path))
+        foreign = _attr(f.attrs, "format") != FORMAT_NAME
+        coords = f["coords"][()] if foreign else None
+        feats = f["features"].attrs if "features" in f else None
+        return _meta_from_attrs(f.attrs, f["coords"].attrs, Path(path), feats, coords)
 
 
 def read_embeddings(path: str | os.PathLike[str], *, dtype: str | None = "float32") -> Embeddings:
@@ -605,7 +674,7 @@ def read_embeddings(path: str | os.PathLike[str], *, dtype: str | None = "float3
             white = f["white_fraction"][()] if "white_fraction" in f else None
         except (OSError, KeyError) as err:
             raise CorruptFileError(f"{p} is truncated or damaged ({err}); re-create it") from err
-        meta = _meta_from_attrs(f.attrs, f["coords"].attrs, p)
+        meta = _meta_from_attrs(f.attrs, f["coords"].attrs, p, f["features"].attrs, coords)
     # Trident stores (1, n, dim) in some versions.
     if features.ndim == 3 and features.shape[0] == 1:
         features = features[0]

@@ -9,6 +9,10 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from histosic.service.jobs import EmbedFunction
 
 from histosic.config import DEFAULT_SHUTDOWN_GRACE_S, MAX_PATCHES_PER_JOB
 
@@ -113,7 +117,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--tls-cert", type=Path, default=None, help="PEM certificate: serve gRPC over TLS"
     )
     p.add_argument("--tls-key", type=Path, default=None, help="PEM private key for --tls-cert")
+    from histosic.commands.embed_ray import add_ray_flags
+
+    add_ray_flags(p, report=False)  # --ray: embedding jobs run on a Ray cluster (docs/RAY.md)
     p.set_defaults(func=run)
+
+
+def _ray_embed(args: argparse.Namespace) -> EmbedFunction | None:
+    """With --ray, jobs go to a Ray cluster (connected on the first job); else None."""
+    if getattr(args, "ray", None) is None:
+        return None
+    from histosic.commands.embed_ray import ray_options
+    from histosic.embed.ray_run import ray_embed_function
+
+    return ray_embed_function(ray_options(args))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -160,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         http_address=None if args.http_port == -1 else f"{bracket}:{args.http_port}",
+        embed=_ray_embed(args),
     )
     if not is_loopback(host) and not token:
         print(

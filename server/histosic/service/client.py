@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +27,6 @@ from histosic.api.v1 import (
     clustering_pb2_grpc,
     common_pb2,
     embedding_pb2,
-    embedding_pb2_grpc,
 )
 from histosic.cluster import ClusterOptions, ClusterResult, SlideClustering, Step
 from histosic.errors import (
@@ -44,6 +43,7 @@ from histosic.seeds import SeedPoint, map_seeds
 from histosic.service.arrays import from_ndarray
 from histosic.service.convert import options_to_proto
 from histosic.service.status import UnauthenticatedError
+from histosic.service.wire import decode_chunk
 
 if TYPE_CHECKING:
     from histosic.store import Embeddings
@@ -287,6 +287,17 @@ def cluster_remote(
     )
 
 
+def _put(buf: np.ndarray[Any, np.dtype[np.uint8]], offset: int, chunk: memoryview) -> int:
+    n = len(chunk)
+    if offset < 0 or offset + n > buf.size:
+        raise InvalidInputError(
+            f"GetEmbedding sent bytes {offset}..{offset + n} of a {buf.size}-byte matrix"
+        )
+    if n:
+        buf[offset : offset + n] = np.frombuffer(chunk, dtype=np.uint8)
+    return n
+
+
 def _grpc_cluster(
     address: str,
     request: clustering_pb2.ClusterRequest,
@@ -397,23 +408,30 @@ def download_embedding(
     from histosic.store import EmbeddingMeta, Embeddings
 
     metadata = _metadata(token)
-    stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
-    stream = stub.GetEmbedding(
+    # Raw messages: the chunks are read as views of the received bytes (service/wire.py), so
+    # each byte is copied once, into the matrix.
+    call = channel.unary_stream(
+        "/histosic.v1.EmbeddingService/GetEmbedding",
+        request_serializer=embedding_pb2.GetEmbeddingRequest.SerializeToString,
+        response_deserializer=None,
+    )
+    stream = call(
         embedding_pb2.GetEmbeddingRequest(embedding=embedding, dtype=dtype),
         timeout=timeout,
         metadata=metadata,
     )
     try:
-        first = next(stream)
+        first = embedding_pb2.GetEmbeddingResponse.FromString(next(stream))
         shape = tuple(int(s) for s in first.features_shape)
         dt = np.dtype(first.features_dtype).newbyteorder("<")
         buf = np.empty(int(np.prod(shape, dtype=np.int64)) * dt.itemsize, dtype=np.uint8)
-        filled = 0
-        for msg in _chain(first, stream):
-            n = len(msg.chunk)
-            if n:
-                buf[msg.offset : msg.offset + n] = np.frombuffer(msg.chunk, dtype=np.uint8)
-                filled += n
+        filled = _put(buf, first.offset, memoryview(first.chunk))
+        for raw in stream:
+            piece = decode_chunk(raw)
+            if piece is None:  # not the compact form: parse it in full
+                msg = embedding_pb2.GetEmbeddingResponse.FromString(raw)
+                piece = (msg.offset, memoryview(msg.chunk))
+            filled += _put(buf, *piece)
     except grpc.RpcError as err:
         _raise(err, "server")
         raise
@@ -443,13 +461,6 @@ def download_embedding(
         tissue_fraction=tissue,
         white_fraction=white,
     )
-
-
-def _chain(
-    first: embedding_pb2.GetEmbeddingResponse, rest: Iterable[embedding_pb2.GetEmbeddingResponse]
-) -> Iterator[embedding_pb2.GetEmbeddingResponse]:
-    yield first
-    yield from rest
 
 
 def to_slide_clustering(

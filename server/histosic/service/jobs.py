@@ -259,8 +259,8 @@ class JobManager:
             state = job.snap.state
             if state.finished:
                 raise PreconditionError(
-                    f"job {job_id} has already {state.name.lower()}; only queued or running jobs "
-                    "can be cancelled"
+                    f"job {job_id} is already {state.name.lower()} (finished); only queued or "
+                    "running jobs can be cancelled"
                 )
             job.cancel.set()
             if state is JobState.QUEUED:

@@ -20,17 +20,24 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from histosic.api.v1 import clustering_pb2, clustering_pb2_grpc, embedding_pb2, embedding_pb2_grpc
+from histosic.api.v1 import clustering_pb2, clustering_pb2_grpc, embedding_pb2
 from histosic.catalog import EmbeddingCache, EmbeddingCatalog
 from histosic.config import DEFAULT_SHUTDOWN_GRACE_S, MAX_PATCHES_PER_JOB
 from histosic.errors import InvalidInputError
 from histosic.service.api import HistosicApi
 from histosic.service.calls import CallGuard
 from histosic.service.connect_service import make_wsgi_app
-from histosic.service.grpc_service import ClusteringServicer, EmbeddingServicer, TokenInterceptor
+from histosic.service.grpc_service import (
+    ClusteringServicer,
+    DecodeGuard,
+    EmbeddingServicer,
+    TokenInterceptor,
+    add_embedding_servicer,
+)
 from histosic.service.https import HttpsServer
 from histosic.service.jobs import EmbedFunction, JobManager
 from histosic.service.paths import SlideResolver
+from histosic.service.status import hide_paths
 
 __all__ = ["HistosicServer", "ServerConfig", "create_server", "is_loopback"]
 
@@ -104,6 +111,7 @@ class HistosicServer:
         self.catalog = EmbeddingCatalog(config.store)
         self.cache = EmbeddingCache(config.cache_bytes)
         self.resolver = SlideResolver(config.slide_roots)
+        hide_paths((self.catalog.store, *self.resolver.roots))  # client messages: relative paths
         self.jobs = JobManager(
             config.devices,
             workers=config.embed_workers,
@@ -118,7 +126,10 @@ class HistosicServer:
             self.jobs,
             max_patches_per_job=config.max_patches_per_job,
         )
-        interceptors = [TokenInterceptor(config.token)] if config.token else []
+        # The token first: an unauthenticated caller learns nothing, not even a decode error.
+        interceptors: list[grpc.ServerInterceptor] = [DecodeGuard()]
+        if config.token:
+            interceptors.insert(0, TokenInterceptor(config.token))
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(
                 max_workers=config.grpc_threads, thread_name_prefix="histosic-grpc"
@@ -130,9 +141,7 @@ class HistosicServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(
-            EmbeddingServicer(self.api), self.grpc
-        )
+        add_embedding_servicer(EmbeddingServicer(self.api), self.grpc)
         self.guard = CallGuard()
         clustering_pb2_grpc.add_ClusteringServiceServicer_to_server(
             ClusteringServicer(self.api, self.guard), self.grpc

@@ -181,3 +181,26 @@ def test_cli_client_with_tls_ca(
     err = capsys.readouterr().err
     assert code == 1 and not out.exists()
     assert err.count("\n") == 1 and "histosic cluster: error:" in err, err
+
+
+def test_serve_flags_are_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from histosic.cli import main
+
+    monkeypatch.delenv("HISTOSIC_TOKEN", raising=False)
+    base = ["serve", "--port", "0", "--http-port", "0", "--store", str(tmp_path)]
+    base += ["--slide-root", str(tmp_path)]
+    cases = {
+        "--tls-cert": (
+            ["--tls-cert", str(tmp_path / "none.pem"), "--tls-key", str(tmp_path / "k.pem")],
+            "cannot read the TLS",
+        ),
+        "--shutdown-grace": (["--shutdown-grace", "-1"], "--shutdown-grace must be between 0"),
+        "--max-patches-per-job": (["--max-patches-per-job", "0"], "must be at least 1"),
+    }
+    for flags, message in cases.values():
+        capsys.readouterr()
+        assert main([*base, *flags]) == 1
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err

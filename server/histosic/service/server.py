@@ -84,6 +84,15 @@ def _split(address: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def _read_pem(path: Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise InvalidInputError(
+            f"cannot read the TLS {what} {path}: {err.strerror or err}; give a PEM file"
+        ) from err
+
+
 def is_loopback(host: str) -> bool:
     """True for addresses that only this machine can reach."""
     if host in ("localhost", ""):
@@ -147,7 +156,7 @@ class HistosicServer:
             if not (config.tls_cert and config.tls_key):
                 raise InvalidInputError("TLS needs both --tls-cert and --tls-key")
             creds = grpc.ssl_server_credentials(
-                [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())]
+                [(_read_pem(config.tls_key, "key"), _read_pem(config.tls_cert, "certificate"))]
             )
             self.port = self.grpc.add_secure_port(address, creds)
         else:

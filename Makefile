@@ -86,6 +86,7 @@ bench: install
 	$(PY) benchmarks/bench_colors.py
 	$(PY) benchmarks/bench_ray.py
 	$(PY) benchmarks/bench_seeds.py
+	$(PY) benchmarks/bench_deadlines.py
 	$(PY) benchmarks/bench_foundation.py
 	$(PY) benchmarks/bench_qupath_import.py
 

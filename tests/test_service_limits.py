@@ -412,3 +412,19 @@ def test_slide_outside_the_roots_does_not_name_them(env: Env) -> None:
     for message in (g_msg, answer["message"]):
         assert "outside the server's slide roots" in message
         assert str(env.root / "slides") not in message.replace(str(outside), "")
+
+
+def test_status_messages_are_one_bounded_line(tmp_path: Path) -> None:
+    # The last guard: whatever a message holds, a client gets one line of at most MAX_MESSAGE
+    # characters, and a path under a hidden folder relative to it.
+    from histosic.errors import InvalidInputError
+    from histosic.service.status import MAX_MESSAGE, hide_paths, status_of
+
+    hide_paths([tmp_path])
+    long = InvalidInputError(f"bad file {tmp_path / 'sub' / 'a.svs'}:\n" + "x" * 5000)
+    st = status_of(long, rpc="Cluster")
+    assert st.code == "INVALID_ARGUMENT"
+    assert st.message.startswith("bad file sub/a.svs: xxx") and "\n" not in st.message
+    whole = len("bad file sub/a.svs: ") + 5000  # the one line before the cut
+    assert len(st.message) <= MAX_MESSAGE
+    assert st.message.endswith(f"(message cut, {whole} characters)")

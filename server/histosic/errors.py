@@ -14,6 +14,8 @@ __all__ = [
     "MAX_SHOWN",
     "CancelledError",
     "CorruptFileError",
+    "DeadlineExceededError",
+    "DiskFullError",
     "EmbeddingNotFoundError",
     "HistosicError",
     "InvalidInputError",
@@ -142,6 +144,14 @@ class PreconditionError(HistosicError, RuntimeError):
 
 class ResourceExhaustedError(HistosicError, RuntimeError):
     """A size or capacity limit was reached (message too large, queue full)."""
+
+
+class DiskFullError(ResourceExhaustedError):
+    """The disk holding an output has no room left for it (``No space left on device``)."""
+
+
+class DeadlineExceededError(HistosicError, TimeoutError):
+    """The caller's deadline passed before the work was done (the work was stopped)."""
 
 
 class CancelledError(HistosicError, RuntimeError):

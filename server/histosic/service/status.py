@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from histosic.errors import (
     CancelledError,
+    DeadlineExceededError,
     EmbeddingNotFoundError,
     HistosicError,
     InvalidInputError,
@@ -82,6 +83,7 @@ _TABLE: tuple[tuple[type[BaseException], str], ...] = (
     (UnauthenticatedError, "UNAUTHENTICATED"),
     (PermissionDeniedError, "PERMISSION_DENIED"),
     (CancelledError, "CANCELLED"),
+    (DeadlineExceededError, "DEADLINE_EXCEEDED"),
     (ResourceExhaustedError, "RESOURCE_EXHAUSTED"),
     (PreconditionError, "FAILED_PRECONDITION"),
     (ModelUnavailableError, "FAILED_PRECONDITION"),

@@ -116,3 +116,20 @@ def test_not_hdf5_is_one_line(
     err = capsys.readouterr().err.strip()
     assert code == 1
     assert "is not a readable HDF5 embedding file (" in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("command", ["embed", "pretrain"])
+def test_embed_and_pretrain_do_not_write_over_their_slide(
+    tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from test_service_support import make_slide
+
+    slide = make_slide(tmp_path / "slide.png", 256)
+    before = slide.read_bytes()
+    args = [command, str(slide), "--out", str(slide), "--slide-mpp", "0.5"]
+    if command == "embed":
+        args += ["--overwrite", "--model", "handcrafted"]
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 1 and "is the input file of slide" in err, err
+    assert slide.read_bytes() == before

@@ -261,33 +261,42 @@ def _wait_job(env: Env, job_id: str) -> embedding_pb2.Job:
     raise AssertionError(f"job {job_id} did not finish")
 
 
-def test_truncated_svs_fails_as_invalid_argument(env: Env) -> None:
-    req = embedding_pb2.StartEmbeddingRequest(
-        slide="truncated.svs", model="handcrafted", slide_mpp=0.5, overwrite=True
+def _refused_or_failed(env: Env, slide: str, needle: str) -> None:
+    """StartEmbedding of a damaged slide: refused at once (the server reads the slide to count its
+    patches before a job starts), INVALID_ARGUMENT on both protocols, or, where a reader fails only
+    later, a job that fails with that code."""
+    body = {"slide": slide, "model": "handcrafted", "slideMpp": 0.5, "overwrite": True}
+    (g_code, g_msg), (status, answer) = _both(
+        env, "EmbeddingService", "StartEmbedding", body, embedding_pb2.StartEmbeddingRequest
     )
-    body = {"slide": req.slide, "model": req.model, "slideMpp": 0.5, "overwrite": True}
-    grpc_job: str = env.emb.StartEmbedding(req).job.job_id
-    status, answer = connect_call(env.http_port, "EmbeddingService", "StartEmbedding", body)
-    assert status == 200, answer
-    for job_id in (grpc_job, str(answer["job"]["jobId"])):
-        job = _wait_job(env, job_id)
-        assert job.state == embedding_pb2.JOB_STATE_FAILED
-        assert job.error_code == "INVALID_ARGUMENT", job.error_message
-        assert "truncated.svs is damaged or truncated" in job.error_message
-        assert str(env.root) not in job.error_message
+    for code, message, job_id in (
+        (g_code, g_msg, None),
+        (
+            grpc.StatusCode.OK if status == 200 else grpc.StatusCode.INVALID_ARGUMENT,
+            answer.get("message", ""),
+            answer.get("job", {}).get("jobId"),
+        ),
+    ):
+        if code == grpc.StatusCode.OK:
+            assert status == 200 and job_id, answer
+            job = _wait_job(env, str(job_id))
+            assert job.state == embedding_pb2.JOB_STATE_FAILED
+            code, message = grpc.StatusCode[job.error_code], job.error_message
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, message
+        assert message.startswith(needle) and "\n" not in message, message
+        assert str(env.root) not in message
+    assert g_code != grpc.StatusCode.OK or status == 200  # both protocols alike
+
+
+def test_truncated_svs_fails_as_invalid_argument(env: Env) -> None:
+    _refused_or_failed(env, "truncated.svs", "slide truncated.svs is damaged or truncated")
 
 
 def test_real_svs_cut_in_half_fails_as_invalid_argument(env: Env, cmu_svs: Path) -> None:
     # The real Aperio file, its second half missing (tiffslide raised IndexError: INTERNAL).
     data = cmu_svs.read_bytes()
     (env.root / "slides" / "cut.svs").write_bytes(data[: len(data) // 2])
-    body = {"slide": "cut.svs", "model": "handcrafted", "overwrite": True}
-    status, answer = connect_call(env.http_port, "EmbeddingService", "StartEmbedding", body)
-    assert status == 200, answer
-    job = _wait_job(env, str(answer["job"]["jobId"]))
-    assert job.state == embedding_pb2.JOB_STATE_FAILED
-    assert job.error_code == "INVALID_ARGUMENT", job.error_message
-    assert job.error_message.startswith("slide cut.svs is damaged or truncated"), job.error_message
+    _refused_or_failed(env, "cut.svs", "slide cut.svs is damaged or truncated")
 
 
 def test_slide_whose_embedding_name_would_be_too_long(env: Env) -> None:
@@ -412,3 +421,19 @@ def test_slide_outside_the_roots_does_not_name_them(env: Env) -> None:
     for message in (g_msg, answer["message"]):
         assert "outside the server's slide roots" in message
         assert str(env.root / "slides") not in message.replace(str(outside), "")
+
+
+def test_status_messages_are_one_bounded_line(tmp_path: Path) -> None:
+    # The last guard: whatever a message holds, a client gets one line of at most MAX_MESSAGE
+    # characters, and a path under a hidden folder relative to it.
+    from histosic.errors import InvalidInputError
+    from histosic.service.status import MAX_MESSAGE, hide_paths, status_of
+
+    hide_paths([tmp_path])
+    long = InvalidInputError(f"bad file {tmp_path / 'sub' / 'a.svs'}:\n" + "x" * 5000)
+    st = status_of(long, rpc="Cluster")
+    assert st.code == "INVALID_ARGUMENT"
+    assert st.message.startswith("bad file sub/a.svs: xxx") and "\n" not in st.message
+    whole = len("bad file sub/a.svs: ") + 5000  # the one line before the cut
+    assert len(st.message) <= MAX_MESSAGE
+    assert st.message.endswith(f"(message cut, {whole} characters)")

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from histosic.commands._args import add_device, add_slides
+from histosic.commands._args import add_device, add_slides, check_outputs_not_inputs
 from histosic.config import DEFAULT_MODEL
 
 __all__ = ["register", "run"]
@@ -148,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
     ).validate()
     tissue = TissueConfig(method=args.tissue_method)
     out: Path = args.out
+    check_outputs_not_inputs({"--out": out}, {f"slide {s}": s for s in args.slides})
     if len(args.slides) > 1 and out.suffix.lower() in (".h5", ".hdf5"):
         raise InvalidInputError(
             f"--out {out} is a file name but {len(args.slides)} slides were given; give a folder"

@@ -47,8 +47,9 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE = 1000
 
 
-#: Absolute server folders (slide roots, the store) and what a client sees instead.
-_HIDDEN: dict[str, str] = {}
+#: Absolute server folders (slide roots, the store), each ending in a separator: a path under one
+#: is shown relative to it.
+_HIDDEN: set[str] = set()
 
 
 def hide_paths(folders: Iterable[str | os.PathLike[str]]) -> None:
@@ -56,13 +57,13 @@ def hide_paths(folders: Iterable[str | os.PathLike[str]]) -> None:
     no use for the server's absolute paths, and should not learn them)."""
     for folder in folders:
         for form in {os.path.abspath(folder), os.path.realpath(folder)}:
-            _HIDDEN[form.rstrip(os.sep) + os.sep] = ""
+            _HIDDEN.add(form.rstrip(os.sep) + os.sep)
 
 
 def _bounded(message: str) -> str:
     """One line of at most :data:`MAX_MESSAGE` characters, server folders left out."""
     for prefix in sorted(_HIDDEN, key=len, reverse=True):
-        message = message.replace(prefix, _HIDDEN[prefix])
+        message = message.replace(prefix, "")
     line = " ".join(message.split())
     if len(line) <= MAX_MESSAGE:
         return line

@@ -53,6 +53,7 @@ __all__ = [
     "default_workers",
     "embed_slide",
     "embedding_filename",
+    "fit_batch_size",
     "read_patches",
     "resolve_device",
     "slide_grid",
@@ -492,6 +493,46 @@ def _n_patches(path: Path) -> int:
         return int(f["coords"].shape[0])
 
 
+def _probe(
+    module: torch.nn.Module,
+    prep: _Preprocess,
+    read_size: int,
+    precision: str,
+    device: torch.device,
+) -> Callable[[int], None]:
+    """A forward pass of ``b`` blank patches, as the loop runs it (for :func:`fit_batch_size`)."""
+
+    def run(b: int) -> None:
+        blank = torch.zeros((b, read_size, read_size, 3), dtype=torch.uint8)
+        with torch.inference_mode(), _autocast(device, precision):
+            module(prep(blank))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    return run
+
+
+def fit_batch_size(forward: Callable[[int], None], batch_size: int) -> int:
+    """The largest batch size up to ``batch_size`` (halving) whose forward pass fits in memory.
+
+    On a GPU a foundation model's activations at the default batch (64 patches) may not fit
+    beside its weights (ViT-g in fp16 on a small card); the batch is halved until one forward pass
+    runs, and the same memory is then enough for every batch of the slide (patches have one size).
+    """
+    batch = max(1, int(batch_size))
+    while True:
+        try:
+            forward(batch)
+            return batch
+        except torch.OutOfMemoryError:
+            if batch == 1:
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            log.info("batch %d does not fit in device memory; trying %d", batch, batch // 2)
+            batch //= 2
+
+
 def _read_size(patch_size: int, info: ModelInfo, device: torch.device) -> int:
     """Side of the patches the readers return.
 
@@ -532,12 +573,18 @@ def _run(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     prep = _Preprocess(loaded, device)
+    read_size = _read_size(tiling.patch_size, loaded.info, device)
+    if device.type == "cuda":
+        batch_size = fit_batch_size(
+            _probe(module, prep, read_size, loaded.info.precision, device),
+            min(batch_size, n_total - writer.n_done),
+        )
     dataset = _PatchBatches(
         slide.path,
         slide.mpp,
         grid.coords,
         grid.patch_size_level0,
-        _read_size(tiling.patch_size, loaded.info, device),
+        read_size,
         batch_size,
         writer.n_done,
         slide=slide if n_workers == 0 else None,

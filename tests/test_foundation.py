@@ -532,7 +532,7 @@ def test_timm_hub_model_from_the_cache_offline(
     settings(offline=True)
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     name = "timm:hf-hub:someone/vit-s16-path"
-    with pytest.raises(ModelUnavailableError, match="config.json is not in the Hugging Face"):
+    with pytest.raises(ModelUnavailableError, match=r"config\.json is not in the Hugging Face"):
         get_model_info(name, check=False)
     # timm's hub layout: config.json (architecture, arguments, pretrained config) and weights
     torch.manual_seed(4)

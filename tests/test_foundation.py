@@ -563,3 +563,15 @@ def test_timm_hub_model_from_the_cache_offline(
     x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         torch.testing.assert_close(loaded.module(x), ref(x))
+
+
+def test_models_doc_holds_the_current_table() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("models_table", REPO / "scripts/models_table.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.table() in (REPO / "docs" / "MODELS.md").read_text(), (
+        "docs/MODELS.md is stale: run python scripts/models_table.py --write"
+    )

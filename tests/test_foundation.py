@@ -575,3 +575,14 @@ def test_models_doc_holds_the_current_table() -> None:
     assert mod.table() in (REPO / "docs" / "MODELS.md").read_text(), (
         "docs/MODELS.md is stale: run python scripts/models_table.py --write"
     )
+
+
+def test_missing_weights_path_fails_in_one_line_before_any_slide(tmp_path: Path) -> None:
+    from histosic.embed.pipeline import embed_slide
+    from histosic.errors import ModelUnavailableError
+
+    with pytest.raises(ModelUnavailableError) as err:
+        embed_slide(tmp_path / "no-slide.svs", tmp_path / "out", model=f"uni:{tmp_path}/nope.bin")
+    assert str(err.value).startswith("uni: weights path ") and "does not exist" in str(err.value)
+    assert str(err.value).count("uni:") == 1 + str(tmp_path).count("uni:")
+    assert not (tmp_path / "out").exists()

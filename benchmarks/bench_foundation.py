@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_embed import bare_rate, make_slide, pipeline_rate
+from bench_embed import bare_rate, make_slide, pipeline_rate, ready_batches
 
 TARGET = 0.90
 
@@ -73,13 +73,14 @@ def main(argv: list[str] | None = None) -> int:
             model = f"{name}:{weights}"
             slide = make_slide(tmpd / f"{name}.tiff", n_patches)
             n_bare = min(n_patches, 4 * batch)
-            bare1 = bare_rate(model, n_bare, batch, "cpu")
+            ready = ready_batches(slide, model, n_bare, batch)  # the slide's own patches
+            bare1 = bare_rate(model, ready, "cpu")
             t0 = time.perf_counter()
             whole, steady, n = pipeline_rate(
                 slide, tmpd / f"{name}.h5", model, batch, args.workers, "cpu"
             )
             took = time.perf_counter() - t0
-            bare2 = bare_rate(model, n_bare, batch, "cpu")
+            bare2 = bare_rate(model, ready, "cpu")
             bare = (bare1 + bare2) / 2
             measured[arch] = {
                 "patches": n,

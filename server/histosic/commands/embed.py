@@ -96,6 +96,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="re-embed slides whose output exists (and ignore unfinished runs)",
     )
+    from histosic.commands.embed_ray import add_ray_flags
+
+    add_ray_flags(p)
     p.set_defaults(func=run)
 
 
@@ -149,6 +152,10 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError(
             f"--out {out} is a file name but {len(args.slides)} slides were given; give a folder"
         )
+    if getattr(args, "ray", None) is not None:
+        from histosic.commands.embed_ray import run_ray
+
+        return run_ray(args, tiling, tissue)
     failed = 0
     quiet = bool(getattr(args, "quiet", False))
     for slide in args.slides:

@@ -10,14 +10,10 @@ file that a killed run resumes; the final name appears only when every patch is 
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import math
 import os
-import re
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,24 +25,26 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from histosic.config import DEFAULT_MODEL
+from histosic.embed.output_file import (
+    embedding_filename,
+    existing_state,
+    full_meta,
+    n_patches,
+    no_tissue_error,
+    other_output_error,
+    output_meta,
+)
 from histosic.embed.registry import (
     LoadedModel,
     ModelInfo,
     check_weights,
     get_model_info,
     load_model,
-    weights_id,
 )
-from histosic.errors import (
-    CancelledError,
-    HistosicError,
-    InvalidInputError,
-    NoTissueError,
-    OutputExistsError,
-)
+from histosic.errors import CancelledError, HistosicError, InvalidInputError
 from histosic.patches import read_patches, thumbnail_size
 from histosic.slides import Slide, TissueConfig, detect_tissue, open_slide, white_fraction
-from histosic.store import EmbeddingMeta, EmbeddingWriter, file_fingerprint, read_meta
+from histosic.store import EmbeddingWriter
 from histosic.tiling import PatchGrid, TilingConfig, make_grid
 
 __all__ = [
@@ -54,6 +52,8 @@ __all__ = [
     "embed_slide",
     "embedding_filename",
     "fit_batch_size",
+    "forward",
+    "prepare_module",
     "read_patches",
     "resolve_device",
     "slide_grid",
@@ -92,41 +92,6 @@ def default_workers(device: torch.device) -> int:
     if device.type == "cpu":
         return 1 if cores >= 2 else 0
     return max(1, min(16, cores - 1))
-
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def _slug(text: str) -> str:
-    return _UNSAFE.sub("-", text).strip("-.") or "x"
-
-
-def embedding_filename(
-    slide_path: str | os.PathLike[str],
-    model: str,
-    tiling: TilingConfig = TilingConfig(),  # noqa: B008 - frozen dataclass
-) -> str:
-    """Deterministic, filesystem-safe name of the embedding file of a slide, model and tiling.
-
-    ``<slide stem>.<model>.<mpp>mpp-<size>px-ov<overlap>-t<threshold>.h5``; a model that names a
-    file (``checkpoint:<path>``) gets the file's stem and a short hash of its path.
-    """
-    import hashlib
-
-    kind, _, arg = model.partition(":")
-    if arg:
-        digest = hashlib.sha256(arg.encode()).hexdigest()[:8]
-        model_part = _slug(f"{kind}-{Path(arg).stem}" if kind != "timm" else f"timm-{arg}")
-        if kind != "timm":
-            model_part += f"-{digest}"
-    else:
-        model_part = _slug(model)
-    stem = _slug(Path(slide_path).stem)
-    tiling_part = (
-        f"{tiling.target_mpp:g}mpp-{tiling.patch_size}px"
-        f"-ov{tiling.overlap:g}-t{tiling.tissue_threshold:g}"
-    )
-    return f"{stem}.{model_part}.{_slug(tiling_part)}.h5"
 
 
 def slide_grid(
@@ -233,7 +198,25 @@ class _Preprocess:
         return x.contiguous(memory_format=torch.channels_last)
 
 
-def _autocast(device: torch.device, precision: str = "auto") -> Any:
+def prepare_module(loaded: LoadedModel, device: torch.device) -> torch.nn.Module:
+    """The model on the device, channels_last where it has convolutions or runs on a GPU."""
+    module = loaded.module.to(device)
+    if device.type != "cpu" or any(p.dim() == 4 for p in module.parameters()):
+        module = module.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return module
+
+
+def forward(module: torch.nn.Module, prep: _Preprocess, patches: torch.Tensor) -> torch.Tensor:
+    """Features (b, dim) in float32 of a uint8 NHWC batch (call under inference mode)."""
+    feats: torch.Tensor = module(prep(patches))
+    if feats.ndim != 2:
+        feats = feats.flatten(1)
+    return feats.float()
+
+
+def autocast(device: torch.device, precision: str = "auto") -> Any:
     """Mixed precision on CUDA as the model's authors run it (``ModelInfo.precision``).
 
     ``auto``: bf16 where supported, else fp16; ``float32``: none (models whose authors run them in
@@ -256,10 +239,10 @@ def _autocast(device: torch.device, precision: str = "auto") -> Any:
 def _iterate(
     dataset: _PatchBatches, workers: int, device: torch.device
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """The batches in order; with workers, these start reading at once (before the first
+    ``next``), so that the model's move to the device overlaps their start-up."""
     if workers <= 0:
-        for i in range(len(dataset)):
-            yield dataset[i]
-        return
+        return (dataset[i] for i in range(len(dataset)))
     # fork is fast, but forking a process whose other threads hold locks (a gRPC server calling us
     # from a worker thread) can deadlock the child; spawn is safe there.
     ctx = (
@@ -278,20 +261,12 @@ def _iterate(
         multiprocessing_context=ctx,
         persistent_workers=False,
     )
-    yield from loader
+    started = iter(loader)
 
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        yield from started
 
-def _existing(path: Path, meta: EmbeddingMeta) -> str:
-    """'same', 'other' (settings or slide differ) or 'unreadable' for an existing output file."""
-    try:
-        existing = read_meta(path)
-    except HistosicError as err:
-        log.warning("existing %s is unreadable (%s); it will be replaced", path, err)
-        return "unreadable"
-    same = json.dumps(existing.settings_key(), sort_keys=True) == json.dumps(
-        meta.settings_key(), sort_keys=True
-    )
-    return "same" if same else "other"
+    return batches()
 
 
 def embed_slide(
@@ -398,78 +373,32 @@ def _embed_open_slide(
     should_stop: Callable[[], bool] | None,
     dtype: str,
 ) -> Path:
-    from histosic.tiling import patch_size_level0, stride_level0
-
-    if out.suffix.lower() in (".h5", ".hdf5"):
-        path = out
-    else:
-        path = out / embedding_filename(slide.path, model, tiling)
-    w, h = slide.dimensions
-    base_meta = EmbeddingMeta(
-        slide_path=str(slide.path.resolve()),
-        slide_fingerprint=file_fingerprint(slide.path),
-        level0_width=w,
-        level0_height=h,
-        mpp=slide.mpp,
-        target_mpp=tiling.target_mpp,
-        patch_size=tiling.patch_size,
-        patch_size_level0=patch_size_level0(tiling, slide.mpp),
-        stride_level0=stride_level0(tiling, slide.mpp),
-        overlap=tiling.overlap,
-        model=model_name,
-        weights_hash=weights_id(model),
-        tissue_method=tissue.name,
-        tissue_threshold=tiling.tissue_threshold,
-    )
-    state = _existing(path, base_meta) if path.exists() and not overwrite else "absent"
+    path, base_meta = output_meta(slide, out, model, model_name, tiling, tissue)
+    state = existing_state(path, base_meta, overwrite)
     if state == "same":
         log.info("%s is already embedded with these settings: %s (skipped)", slide.path, path)
         if progress is not None:
-            n = _n_patches(path)
+            n = n_patches(path)
             progress(n, n)
         return path
     if state == "other":
-        raise OutputExistsError(
-            f"{path} exists but was made from another slide file or other settings; pass "
-            "--overwrite (overwrite=True) to replace it, or choose another --out"
-        )
+        raise other_output_error(path)
 
     if should_stop is not None and should_stop():
         raise CancelledError(f"embedding of {slide.path} cancelled before it started")
-    grid, _ = slide_grid(slide, tiling, tissue)
+    # The model is built while the tissue is detected: the two are independent and each takes
+    # about a second (benchmarks/bench_embed.py). The thread has ended before any reader forks.
+    building = _Background(load_model, model)
+    try:
+        grid, _ = slide_grid(slide, tiling, tissue)
+    except BaseException:
+        building.join()  # the slide's error wins; the model's, if any, is dropped
+        raise
+    loaded: LoadedModel = building.result()
     if len(grid) == 0:
-        raise NoTissueError(
-            f"no tissue patch in {slide.path}: none of the {grid.n_candidates} patches of "
-            f"{tiling.patch_size} px at {tiling.target_mpp:g} um/px reaches tissue fraction "
-            f"{tiling.tissue_threshold:g}; lower --tissue-threshold (0 keeps every patch), check "
-            "--slide-mpp, or check that the slide holds stained tissue"
-        )
-    loaded = load_model(model)
+        raise no_tissue_error(slide, grid, tiling)
     info = loaded.info
-    preprocessing = {
-        "input_size": info.input_size,
-        "mean": list(info.mean),
-        "std": list(info.std),
-        "resize": f"bilinear {tiling.patch_size} px -> {info.crop_from or info.input_size} px"
-        + (f", centre crop {info.input_size} px" if info.crop_from else ""),
-        "precision": info.precision,
-        "white_level": 220,
-    }
-    extra = {
-        "reader": slide.backend,
-        "mpp_source": slide.mpp_source,
-        "read_level": slide.best_level_for_downsample(grid.patch_size_level0 / info.input_size),
-        "n_candidates": grid.n_candidates,
-        "device": str(device),
-        "model_description": info.description,
-    }
-    meta = dataclasses.replace(
-        base_meta,
-        weights_hash=loaded.weights_hash,
-        preprocessing=json.dumps(preprocessing, sort_keys=True),
-        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        extra=extra,
-    )
+    meta = full_meta(slide, base_meta, grid, info, loaded.weights_hash, tiling, str(device))
     writer = EmbeddingWriter(path, meta, grid.coords, info.dim, dtype=dtype, resume=not overwrite)
     try:
         _run(
@@ -485,12 +414,31 @@ def _embed_open_slide(
         raise
 
 
-def _n_patches(path: Path) -> int:
-    """Number of patches in a complete embedding file (reads only the coords shape)."""
-    import h5py
+class _Background:
+    """Run ``fn(*args)`` in a thread; :meth:`result` waits and returns or raises what it did."""
 
-    with h5py.File(path, "r") as f:
-        return int(f["coords"].shape[0])
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._target, args=(fn, args), name="histosic-model", daemon=True
+        )
+        self._thread.start()
+
+    def _target(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        try:
+            self._value = fn(*args)
+        except BaseException as err:  # handed to the caller in result()
+            self._error = err
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def _probe(
@@ -504,7 +452,7 @@ def _probe(
 
     def run(b: int) -> None:
         blank = torch.zeros((b, read_size, read_size, 3), dtype=torch.uint8)
-        with torch.inference_mode(), _autocast(device, precision):
+        with torch.inference_mode(), autocast(device, precision):
             module(prep(blank))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -567,16 +515,13 @@ def _run(
     if writer.n_done >= n_total:
         return
     n_workers = default_workers(device) if workers is None else int(workers)
-    module = loaded.module.to(device)
-    if device.type != "cpu" or any(p.dim() == 4 for p in module.parameters()):
-        module = module.to(memory_format=torch.channels_last)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    prep = _Preprocess(loaded, device)
     read_size = _read_size(tiling.patch_size, loaded.info, device)
+    module: torch.nn.Module | None = None
     if device.type == "cuda":
+        # The batch that fits in device memory decides the readers' batches: model first.
+        module = prepare_module(loaded, device)
         batch_size = fit_batch_size(
-            _probe(module, prep, read_size, loaded.info.precision, device),
+            _probe(module, _Preprocess(loaded, device), read_size, loaded.info.precision, device),
             min(batch_size, n_total - writer.n_done),
         )
     dataset = _PatchBatches(
@@ -600,7 +545,10 @@ def _run(
         batch_size,
         writer.n_done,
     )
-    batches = _iterate(dataset, n_workers, device)
+    batches = _iterate(dataset, n_workers, device)  # readers start now
+    if module is None:
+        module = prepare_module(loaded, device)
+    prep = _Preprocess(loaded, device)
     cuda = device.type == "cuda"
     # On CUDA one batch is in flight: batch i's features come back to the host (pinned,
     # non-blocking) and are written while the GPU computes batch i + 1, so the HDF5 write and the
@@ -618,7 +566,7 @@ def _run(
 
     expected = writer.n_done
     try:
-        with torch.inference_mode(), _autocast(device, loaded.info.precision):
+        with torch.inference_mode(), autocast(device, loaded.info.precision):
             for patches, white, lo in batches:
                 if should_stop is not None and should_stop():
                     raise CancelledError(
@@ -627,10 +575,7 @@ def _run(
                 if lo != expected:  # pragma: no cover - the loader keeps order
                     raise RuntimeError(f"batch starts at {lo}, expected {expected}")
                 expected = lo + patches.shape[0]
-                feats = module(prep(patches))
-                if feats.ndim != 2:
-                    feats = feats.flatten(1)
-                feats = feats.float()
+                feats = forward(module, prep, patches)
                 if not cuda:
                     flush((feats, lo, white.numpy(), None))
                     continue

@@ -15,7 +15,7 @@ The issue's target: on a CPU the pipeline keeps at least 90% of the bare model's
 
 Usage::
 
-    python benchmarks/bench_foundation.py [--small-patches 192] [--large-patches 48]
+    python benchmarks/bench_foundation.py [--small-patches 192] [--large-patches 32]
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--small-patches", type=int, default=192, help="patches for the ViT-S/16")
-    ap.add_argument("--large-patches", type=int, default=48, help="patches for the ViT-L/16")
+    ap.add_argument("--large-patches", type=int, default=32, help="patches for the ViT-L/16")
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: auto)")
     args = ap.parse_args(argv)
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cases = (
         ("kaiko-vits16", "ViT-S/16", args.small_patches, 32),
-        ("uni", "ViT-L/16", args.large_patches, 16),
+        ("uni", "ViT-L/16", args.large_patches, 8),
     )
     measured: dict[str, dict[str, float]] = {}
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cores {os.cpu_count()}")

@@ -431,3 +431,37 @@ def test_readers_leave_the_resize_to_the_gpu() -> None:
     assert _read_size(512, info(224), torch.device("cuda")) == 224
     # resize-then-crop models (GigaPath) are read at the resize side, not the crop
     assert _read_size(512, info(224, crop_from=256), torch.device("cpu")) == 256
+
+
+def test_batch_size_is_halved_until_a_forward_pass_fits() -> None:
+    # A test double for the GPU (not to be had here): a forward pass that runs out of device
+    # memory above 12 patches, as CUDA does (torch.OutOfMemoryError).
+    from histosic.embed.pipeline import fit_batch_size
+
+    tried: list[int] = []
+
+    def forward(b: int) -> None:
+        tried.append(b)
+        if b > 12:
+            raise torch.OutOfMemoryError("CUDA out of memory (test double)")
+
+    assert fit_batch_size(forward, 64) == 8 and tried == [64, 32, 16, 8]
+    assert fit_batch_size(forward, 12) == 12
+
+    def never(b: int) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory (test double)")
+
+    with pytest.raises(torch.OutOfMemoryError):
+        fit_batch_size(never, 4)
+
+
+def test_the_batch_probe_runs_the_real_preprocessing_and_model() -> None:
+    from histosic.embed.pipeline import _Preprocess, _probe
+    from histosic.embed.registry import load_model
+
+    loaded = load_model("resnet18-random")
+    seen: list[tuple[int, ...]] = []
+    loaded.module.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
+    cpu = torch.device("cpu")
+    _probe(loaded.module, _Preprocess(loaded, cpu), 256, "auto", cpu)(3)
+    assert seen == [(3, 3, 224, 224)]

@@ -51,9 +51,12 @@ def test_models_lists_usability(
 ) -> None:
     code, out, err = _main(monkeypatch, capsys, "models")
     assert code == 0, err
-    assert re.search(r"resnet18-random\s+512\s+224\s+yes", out)
-    assert re.search(r"handcrafted\s+\d+\s+224\s+yes", out)
+    # name, dim, input size, training resolution (um/px, "-" where none), usable
+    assert re.search(r"resnet18-random\s+512\s+224\s+-\s+yes", out)
+    assert re.search(r"handcrafted\s+\d+\s+224\s+-\s+yes", out)
     assert "histossl" in out
+    assert re.search(r"\nuni\s+1024\s+224\s+0\.5\s+(yes|no)\s", out)
+    assert "licence CC-BY-NC-ND-4.0" in out and "https://huggingface.co/MahmoodLab/UNI" in out
 
 
 @pytest.mark.slow

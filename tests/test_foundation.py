@@ -516,3 +516,73 @@ def test_checkpoint_takes_a_vision_transformer(
         want = head.forward_head(head.forward_features(x), pre_logits=True)
         got = loaded.module(x)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+# -- timm:hf-hub:<org>/<name> from a filled cache, offline ----------------------------------
+
+
+def test_timm_hub_model_from_the_cache_offline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: Callable[..., Any]
+) -> None:
+    import huggingface_hub.constants as hf_constants
+
+    from histosic.embed.registry import get_model_info, load_model
+    from histosic.errors import ModelUnavailableError
+
+    settings(offline=True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    name = "timm:hf-hub:someone/vit-s16-path"
+    with pytest.raises(ModelUnavailableError, match=r"config\.json is not in the Hugging Face"):
+        get_model_info(name, check=False)
+    # timm's hub layout: config.json (architecture, arguments, pretrained config) and weights
+    torch.manual_seed(4)
+    ref = _perturbed(timm.create_model("vit_small_patch16_224", num_classes=0))
+    snap = tmp_path / "hub" / "models--someone--vit-s16-path" / "snapshots" / ("a" * 40)
+    snap.mkdir(parents=True)
+    (snap.parents[1] / "refs").mkdir()
+    (snap.parents[1] / "refs" / "main").write_text("a" * 40)
+    config = {
+        "architecture": "vit_small_patch16_224",
+        "num_classes": 0,
+        "model_args": {"dynamic_img_size": True},
+        "pretrained_cfg": {
+            "input_size": [3, 224, 224],
+            "mean": [0.7, 0.6, 0.7],
+            "std": [0.2, 0.25, 0.2],
+            "num_classes": 0,
+        },
+    }
+    (snap / "config.json").write_text(json.dumps(config))
+    save_file(
+        {k: v.contiguous() for k, v in ref.state_dict().items()}, str(snap / "model.safetensors")
+    )
+    info = get_model_info(name)
+    assert info.available, info.reason
+    assert (info.dim, info.input_size, info.mean) == (384, 224, (0.7, 0.6, 0.7))
+    loaded = load_model(name)
+    x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded.module(x), ref(x))
+
+
+def test_models_doc_holds_the_current_table() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("models_table", REPO / "scripts/models_table.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.table() in (REPO / "docs" / "MODELS.md").read_text(), (
+        "docs/MODELS.md is stale: run python scripts/models_table.py --write"
+    )
+
+
+def test_missing_weights_path_fails_in_one_line_before_any_slide(tmp_path: Path) -> None:
+    from histosic.embed.pipeline import embed_slide
+    from histosic.errors import ModelUnavailableError
+
+    with pytest.raises(ModelUnavailableError) as err:
+        embed_slide(tmp_path / "no-slide.svs", tmp_path / "out", model=f"uni:{tmp_path}/nope.bin")
+    assert str(err.value).startswith("uni: weights path ") and "does not exist" in str(err.value)
+    assert str(err.value).count("uni:") == 1 + str(tmp_path).count("uni:")
+    assert not (tmp_path / "out").exists()

@@ -575,7 +575,8 @@ def check_weights(name: str) -> None:
         return
     ok, reason = _availability(spec, arg)
     if not ok:
-        raise ModelUnavailableError(f"{spec.name}: {reason}")
+        prefix = f"{spec.name}: "
+        raise ModelUnavailableError(reason if reason.startswith(prefix) else prefix + reason)
 
 
 def load_model(name: str) -> LoadedModel:

@@ -7,6 +7,7 @@ decodes instead; its equality within rounding is for a GPU session (docs/RAY.md)
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -70,5 +71,26 @@ def test_not_jpeg_is_refused(slide_factory: Callable[..., SyntheticSlide]) -> No
     s = open_slide(zlib.path)
     try:
         assert jpeg_level(s, 0) is None and jpeg_level(s, 9) is None
+    finally:
+        s.close()
+
+
+def test_corrupt_tiles_are_reported(slide_factory: Callable[..., SyntheticSlide]) -> None:
+    from histosic.errors import CorruptFileError
+
+    slide = slide_factory("jpeg-bad.tiff", 1024, 1536, [(0, 0, 1536, 1024)], compression="jpeg")
+    s = open_slide(slide.path)
+    try:
+        layout = jpeg_level(s, 1)
+        assert layout is not None
+        coords = np.array([[0, 0]], dtype=np.int64)
+        batch = read_jpeg_batch(s, coords, 512, 256, layout)
+        # A tile that is not JPEG, and a JPEG stream cut short after its header.
+        key = next(iter(batch.tiles))
+        with pytest.raises(CorruptFileError, match="does not start with SOI"):
+            layout.stream(bytes(100))
+        bad = dataclasses.replace(batch, tiles={key: batch.tiles[key][:200]})
+        with pytest.raises(CorruptFileError, match="cannot decode the JPEG tiles"):
+            decode_batch(bad, CPU)
     finally:
         s.close()

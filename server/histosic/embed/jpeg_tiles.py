@@ -17,6 +17,7 @@ returns None and the CPU reader is used.
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from histosic.errors import CorruptFileError
 from histosic.slides import WHITE_LEVEL, Slide
 
 __all__ = ["JpegBatch", "JpegLevel", "decode_batch", "jpeg_level", "read_jpeg_batch"]
+
+log = logging.getLogger(__name__)
 
 _JPEG = 7  # TIFF compression
 _RGB, _YCBCR = 2, 6  # TIFF photometric
@@ -173,21 +176,35 @@ def read_jpeg_batch(
     return JpegBatch(level, tiles, origins, side, out_size)
 
 
-def _decode(batch: JpegBatch, device: torch.device) -> dict[int, torch.Tensor]:
-    """Every tile of the batch decoded on the device: (tile_h, tile_w, 3) uint8 each."""
+def _decode_on(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    with warnings.catch_warnings():
+        # torchvision 0.29 marks its image decoding deprecated in favour of TorchCodec; it is
+        # what ships with the pinned torch and decodes on the GPU (docs/RAY.md).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if device.type == "cuda":
+            out: list[torch.Tensor] = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+            return out
+        return [decode_jpeg(d, mode=ImageReadMode.RGB) for d in data]
+
+
+def _decode(batch: JpegBatch, device: torch.device) -> dict[int, torch.Tensor]:
+    """Every tile of the batch decoded on the device: (tile_h, tile_w, 3) uint8 each.
+
+    A stream the GPU decoder refuses is decoded on the CPU and moved to the device: a slide is
+    only failed for tiles that libjpeg cannot decode either.
+    """
     keys = [k for k, v in batch.tiles.items() if v]
     data = [torch.frombuffer(bytearray(batch.tiles[k]), dtype=torch.uint8) for k in keys]
     try:
-        with warnings.catch_warnings():
-            # torchvision 0.29 marks its image decoding deprecated in favour of TorchCodec; it is
-            # what ships with the pinned torch and decodes on the GPU (docs/RAY.md).
-            warnings.simplefilter("ignore", DeprecationWarning)
-            if device.type == "cuda":
-                images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
-            else:
-                images = [decode_jpeg(d, mode=ImageReadMode.RGB) for d in data]
+        try:
+            images = _decode_on(data, device)
+        except RuntimeError:
+            if device.type == "cpu":
+                raise
+            log.warning("GPU JPEG decoding failed for %s; decoding on the CPU", batch.level.path)
+            images = [img.to(device) for img in _decode_on(data, torch.device("cpu"))]
     except RuntimeError as err:
         raise CorruptFileError(
             f"cannot decode the JPEG tiles of {batch.level.path} ({err}); the file may have "

@@ -265,7 +265,10 @@ def test_driver_killed_then_rerun_resumes(
     total = _n(ref_big)
     assert 2 * BATCH <= done < total and not (out / ref_big.name).exists()
 
-    r = subprocess.run(args, capture_output=True, text=True, timeout=300, env=ENV)
+    # The rerun finds the cluster with --ray auto (RAY_ADDRESS, as on a cluster's nodes).
+    rerun = [*args[:-1], "auto"]
+    env = {**ENV, "RAY_ADDRESS": cluster}
+    r = subprocess.run(rerun, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr
     doc = json.loads((out / "histosic-embed-report.json").read_text())
     first, second = doc["slides"]

@@ -34,6 +34,7 @@ from histosic.errors import (
     CancelledError,
     HistosicError,
     InvalidInputError,
+    OutputExistsError,
     PreconditionError,
 )
 from histosic.slides import TissueConfig
@@ -209,6 +210,7 @@ class _Driver:
         self.patches_done = 0
         self.planned_patches: list[int] = []
         self.open: dict[str, _Job] = {}
+        self.claimed: dict[Path, str] = {}  # output file -> the slide it is for
         self.t0 = time.monotonic()
         self._start_actors(cluster)
 
@@ -356,6 +358,17 @@ class _Driver:
         except Exception as err:  # every failure of a slide is reported; the run goes on
             self._fail(outcome, err, t0)
             return None
+        other = self.claimed.get(plan.path)
+        if other is not None:
+            # Two slides of the same name in different folders: the single-machine CLI refuses
+            # the second after the first is written; here they would share one partial file.
+            clash = OutputExistsError(
+                f"{slide} would be written to {plan.path}, as {other} is in this run; give the "
+                "slides different names or embed them in separate runs (or --out folders)"
+            )
+            self._fail(outcome, clash, t0)
+            return None
+        self.claimed[plan.path] = slide
         outcome.output = str(plan.path)
         outcome.patches = plan.n_patches
         outcome.decoded_on = "actor" if plan.jpeg is not None else "reader"

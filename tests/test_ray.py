@@ -42,7 +42,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HISTOSIC_OFFLINE": "1", "RAY_AUTH_
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[str]:
-    """A local Ray of 2 CPUs on loopback for this module; its address for other drivers."""
+    """A local Ray of 2 CPUs for this module; its address for other drivers."""
     ray.init(
         num_cpus=2,
         object_store_memory=200 << 20,
@@ -290,7 +290,7 @@ def test_driver_killed_then_rerun_resumes(
 def test_cli_ray_local_with_a_corrupt_slide(
     slides: list[Path], corrupt: Path, reference: dict[str, Path], tmp_path: Path
 ) -> None:
-    # --ray local starts its own Ray (on loopback) in the subprocess and stops it at the end.
+    # --ray local starts its own Ray in the subprocess and stops it at the end.
     out = tmp_path / "out"
     report = tmp_path / "run.json"
     r = subprocess.run(

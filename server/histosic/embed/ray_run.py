@@ -53,7 +53,7 @@ class RayOptions:
     Attributes
     ----------
     address : str
-        'local' (start a Ray on this machine, bound to loopback, shut down afterwards), 'auto'
+        'local' (start a Ray on this machine for the run, shut down afterwards), 'auto'
         (the cluster this machine belongs to, or ``RAY_ADDRESS``) or a cluster address
         (``HOST:PORT`` of the head's GCS, or ``ray://HOST:10001``).
     num_cpus, num_gpus : int, optional

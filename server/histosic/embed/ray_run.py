@@ -457,7 +457,7 @@ class _Driver:
         eta: float | None = None
         if rate > 0 and self.planned_patches:
             mean = sum(self.planned_patches) / len(self.planned_patches)
-            written = {slide: job.written for slide, job in self.open.items()}
+            written = {slide: j.written for slide, j in self.open.items()}
             left = sum(
                 o.patches - o.resumed_from - written.get(o.slide, 0)
                 for o in self.report.slides

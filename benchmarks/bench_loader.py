@@ -18,6 +18,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                 backend=backend,
             )  # fmt: skip
 
+        measured: dict[str, float] = {}
         for size in (224, 256):
             ds = dataset(size)
             k = min(len(ds), 6)
@@ -76,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                 ds[i]
             dt = time.perf_counter() - t
             print(f"one process, {size} px: {(k - 1) * args.batch_size / dt:8.0f} patches/s")
+            measured[f"one_process_{size}px"] = round((k - 1) * args.batch_size / dt, 1)
 
         loaded = load_model("resnet18-random")
         prep = _Preprocess(loaded, dev)
@@ -103,6 +106,20 @@ def main(argv: list[str] | None = None) -> int:
                         f"steady {steady:8.0f} patches/s",
                         flush=True,
                     )
+                    key = f"workers_{w}_{size}px" + ("_device" if with_device else "")
+                    measured[key] = round(steady, 1)
+    # The last line, for scripts. A diagnosis, not a target: it tells whether reading is the
+    # limit of bench_embed.py.
+    print(
+        json.dumps(
+            {
+                "benchmark": "loader",
+                "target": "none (diagnostic: patch reading rate, patches/s steady)",
+                "measured": measured,
+                "holds": None,
+            }
+        )
+    )
     return 0
 
 

@@ -13,6 +13,9 @@ It also measures the memory floor: the time to stream the matrix once (one ``X @
 what one Lloyd iteration must at least cost, and reports each implementation's time per Lloyd
 iteration as a multiple of that floor.
 
+The three are timed in turns (best of ``--repeat`` rounds), so that load from other processes
+hits all alike; the last line is JSON for scripts.
+
 Run: ``.venv/bin/python benchmarks/bench_sic.py [--sizes 100000x512 300000x1024] [--repeat 3]``
 """
 
@@ -84,13 +87,21 @@ def straightforward_sic(X: F32, seeds: I64, max_depth: int = 8) -> tuple[I64, in
 
 
 def best_time(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
-    best = float("inf")
-    out: Any = None
+    ((t, out),) = best_times_in_turns([fn], repeat)
+    return t, out
+
+
+def best_times_in_turns(fns: list[Callable[[], Any]], repeat: int) -> list[tuple[float, Any]]:
+    """Best wall time (and last result) of each function over ``repeat`` rounds, the functions
+    taken in turns within each round, so that load from other processes hits all alike."""
+    best = [float("inf")] * len(fns)
+    outs: list[Any] = [None] * len(fns)
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            outs[i] = fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return list(zip(best, outs, strict=True))
 
 
 def f1(y: I64, labels: I64) -> float:
@@ -102,13 +113,15 @@ def run(n: int, dim: int, repeat: int) -> float:
     X, y, seeds = make_embeddings(n, dim)
     v = np.ones(dim, dtype=np.float32)
     floor, _ = best_time(lambda: X @ v, max(repeat, 5))
-    t_plain, (lab_plain, it_plain) = best_time(lambda: straightforward_sic(X, seeds), repeat)
     paper = ClusterOptions(method="sic", preprocess=PAPER_PREPROCESS, random_state=0)
-    t_ours, res = best_time(
-        lambda: seeded_clustering(X, seeds, paper, positive=1),
+    (t_plain, (lab_plain, it_plain)), (t_ours, res), (t_default, res_default) = best_times_in_turns(
+        [
+            lambda: straightforward_sic(X, seeds),
+            lambda: seeded_clustering(X, seeds, paper, positive=1),
+            lambda: seeded_clustering(X, seeds, positive=1),
+        ],
         repeat,
     )
-    t_default, res_default = best_time(lambda: seeded_clustering(X, seeds, positive=1), repeat)
     same = float(np.mean(res.labels == lab_plain))
     print(f"\n== {n} x {dim} float32 ({X.nbytes / 1e6:.0f} MB), 5 seeds per class ==")
     print(f"memory floor (one pass over X):       {floor * 1e3:8.1f} ms")

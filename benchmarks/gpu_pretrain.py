@@ -92,6 +92,12 @@ def main() -> int:
         }
         print(f"[{name}] {json.dumps(summary[name])}", flush=True)
     (args.out / "pretrain-summary.json").write_text(json.dumps(summary, indent=2))
+    # The last line, for scripts: a record of the rate, no target.
+    print(
+        json.dumps(
+            {"benchmark": "gpu_pretrain", "target": "none", "measured": summary, "holds": None}
+        )
+    )
     return 0
 
 

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import ray
-    from bench_embed import bare_rate, make_slide
+    from bench_embed import bare_rate, make_slide, ready_batches
 
     from histosic.embed.ray_run import RayOptions, embed_archive
     from histosic.store import read_embeddings
@@ -90,8 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tmp)
         slides = [make_slide(root / f"s{i}.tiff", args.patches, seed=i) for i in range(args.slides)]
         print(f"{len(slides)} slides of about {args.patches} patches; cores {os.cpu_count()}")
-        bare = bare_rate(args.model, min(args.patches, 20 * args.batch_size), args.batch_size,
-                         args.device)  # fmt: skip
+        # The bare model on ready batches of the first slide's own patches.
+        ready = ready_batches(
+            slides[0], args.model, min(args.patches, 20 * args.batch_size), args.batch_size
+        )
+        bare = bare_rate(args.model, ready, args.device)
         measured["bare_patches_per_s"] = round(bare, 1)
         print(f"bare model: {bare:9.1f} patches/s")
         max_diff, share = _pixels(slides[0], args.device)

@@ -4,7 +4,16 @@ into the project; a version is skipped, with the reason, where anything is missi
 
 from __future__ import annotations
 
+import http.server
+import json
+import os
 import re
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,3 +96,84 @@ def qupath_jars(version: str) -> QuPathJars:
     jars = sorted(str(j) for j in (QUPATH / version).glob("*.jar"))
     jars += [f"/usr/share/java/{j}.jar" for j in wanted]
     return QuPathJars(version, homes[0], tuple(jars))
+
+
+RUNNER = ROOT / "tests" / "qupath" / "run_script.groovy"
+
+
+def run_qupath_script(
+    qupath: QuPathJars,
+    script: Path,
+    image: Path,
+    points: list[dict[str, Any]],
+    out: Path,
+    *,
+    args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    scenario: Path | None = None,
+    timeout: float = 240,
+) -> subprocess.CompletedProcess[str]:
+    """Run a QuPath script file unchanged on QuPath's own classes (``qupath/run_script.groovy``): a
+    real ``ImageData`` on ``image``, ``points`` as real point annotations, ``args`` as the
+    script's ``args`` (as ``QuPath script -a`` gives them), then the optional ``scenario``."""
+    out.mkdir(parents=True, exist_ok=True)
+    pts = out.parent / f"{out.name}-points.json"
+    pts.write_text(json.dumps(points))
+    full_env = {
+        **os.environ,
+        "JAVA_HOME": str(qupath.java_home),
+        # A short run: the client compiler only and the shared class archive start the JVM in
+        # about two thirds of the time (the scripts' behaviour does not depend on the JIT).
+        "JAVA_OPTS": "-XX:TieredStopAtLevel=1 -Xshare:auto -Djava.awt.headless=true",
+        **(env or {}),
+    }
+    full_env.pop("QUPATH_TEST_SCENARIO", None)
+    if scenario is not None:
+        full_env["QUPATH_TEST_SCENARIO"] = str(scenario)
+    return subprocess.run(
+        ["groovy", "-cp", qupath.classpath, str(RUNNER)]
+        + [str(script), str(image), str(pts), str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
+
+
+def forwarding_proxy(
+    target: str,
+    *,
+    hold: Callable[[bytes], float] | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> http.server.ThreadingHTTPServer:
+    """A small HTTP(S) proxy on a free loopback port that forwards every POST to ``target``
+    (a test tool: real HTTP on both sides). ``hold(body)`` gives seconds to hold the answer back;
+    ``tls`` serves HTTPS with that context. Run ``serve_forever`` in a thread; ``shutdown`` ends it.
+    """
+
+    class Forward(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            if hold is not None:
+                time.sleep(hold(body))
+            req = urllib.request.Request(
+                target + self.path, data=body, headers=dict(self.headers), method="POST"
+            )
+            try:
+                with urllib.request.urlopen(req, timeout=120) as resp:
+                    status, data = resp.status, resp.read()
+            except urllib.error.HTTPError as err:
+                status, data = err.code, err.read()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+    if tls is not None:
+        proxy.socket = tls.wrap_socket(proxy.socket, server_side=True)
+    return proxy

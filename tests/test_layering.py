@@ -38,6 +38,7 @@ CORE = (
     "histosic.features",
     "histosic.mosaic",
     "histosic.outputs",
+    "histosic.patches",
     "histosic.seeds",
     "histosic.slides",
     "histosic.store",

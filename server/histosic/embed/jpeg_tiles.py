@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from histosic.embed.reading import _MAX_RUN_PATCHES, _resize
 from histosic.errors import CorruptFileError
+from histosic.patches import _MAX_RUN_PATCHES, _resize
 from histosic.slides import WHITE_LEVEL, Slide
 
 if TYPE_CHECKING:

@@ -148,7 +148,9 @@ def full_meta(
         "input_size": info.input_size,
         "mean": list(info.mean),
         "std": list(info.std),
-        "resize": f"bilinear {tiling.patch_size} px -> {info.input_size} px",
+        "resize": f"bilinear {tiling.patch_size} px -> {info.crop_from or info.input_size} px"
+        + (f", centre crop {info.input_size} px" if info.crop_from else ""),
+        "precision": info.precision,
         "white_level": 220,
     }
     extra = {

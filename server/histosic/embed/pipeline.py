@@ -34,9 +34,16 @@ from histosic.embed.output_file import (
     other_output_error,
     output_meta,
 )
-from histosic.embed.reading import read_patches, read_size, slide_grid
-from histosic.embed.registry import LoadedModel, get_model_info, load_model
+from histosic.embed.reading import read_size, slide_grid
+from histosic.embed.registry import (
+    LoadedModel,
+    ModelInfo,
+    check_weights,
+    get_model_info,
+    load_model,
+)
 from histosic.errors import CancelledError, HistosicError, InvalidInputError
+from histosic.patches import read_patches
 from histosic.slides import Slide, TissueConfig, open_slide, white_fraction
 from histosic.store import EmbeddingWriter
 from histosic.tiling import PatchGrid, TilingConfig
@@ -45,6 +52,7 @@ __all__ = [
     "default_workers",
     "embed_slide",
     "embedding_filename",
+    "fit_batch_size",
     "forward",
     "prepare_module",
     "read_patches",
@@ -147,6 +155,8 @@ class _Preprocess:
     def __init__(self, loaded: LoadedModel, device: torch.device) -> None:
         info = loaded.info
         self.size = info.input_size
+        # Resize to ``crop_from``, then centre-crop the input size (GigaPath: 256 -> 224).
+        self.resize = info.crop_from or info.input_size
         # (x / 255 - mean) / std as one scale and one shift of the raw 0..255 values.
         mean = torch.tensor(info.mean, device=device).view(1, 3, 1, 1) * 255.0
         std = torch.tensor(info.std, device=device).view(1, 3, 1, 1) * 255.0
@@ -158,10 +168,17 @@ class _Preprocess:
         x = batch.to(self.device, non_blocking=True)
         # NHWC memory viewed as NCHW is already channels_last.
         x = x.permute(0, 3, 1, 2).float()
-        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+        if x.shape[-1] != self.resize or x.shape[-2] != self.resize:
             x = F.interpolate(
-                x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False
+                x,
+                size=(self.resize, self.resize),
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
             )
+        if self.resize != self.size:
+            top = int(round((self.resize - self.size) / 2.0))
+            x = x[:, :, top : top + self.size, top : top + self.size]
         x = x.mul_(self.scale).add_(self.shift)  # in place: no extra full-size copies
         return x.contiguous(memory_format=torch.channels_last)
 
@@ -184,22 +201,33 @@ def forward(module: torch.nn.Module, prep: _Preprocess, patches: torch.Tensor) -
     return feats.float()
 
 
-def autocast(device: torch.device) -> Any:
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
+def autocast(device: torch.device, precision: str = "auto") -> Any:
+    """Mixed precision on CUDA as the model's authors run it (``ModelInfo.precision``).
+
+    ``auto``: bf16 where supported, else fp16; ``float32``: none (models whose authors run them in
+    full precision); ``float16`` / ``bfloat16``: that type. On the CPU always full precision.
+    """
     import contextlib
 
-    return contextlib.nullcontext()
+    if device.type != "cuda" or precision == "float32":
+        return contextlib.nullcontext()
+    bf16 = torch.cuda.is_bf16_supported()
+    if precision == "float16":
+        dtype = torch.float16
+    elif precision == "bfloat16" and bf16:
+        dtype = torch.bfloat16
+    else:
+        dtype = torch.bfloat16 if bf16 else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
 
 
 def _iterate(
     dataset: _PatchBatches, workers: int, device: torch.device
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """The batches in order; with workers, these start reading at once (before the first
+    ``next``), so that the model's move to the device overlaps their start-up."""
     if workers <= 0:
-        for i in range(len(dataset)):
-            yield dataset[i]
-        return
+        return (dataset[i] for i in range(len(dataset)))
     # fork is fast, but forking a process whose other threads hold locks (a gRPC server calling us
     # from a worker thread) can deadlock the child; spawn is safe there.
     ctx = (
@@ -218,7 +246,12 @@ def _iterate(
         multiprocessing_context=ctx,
         persistent_workers=False,
     )
-    yield from loader
+    started = iter(loader)
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        yield from started
+
+    return batches()
 
 
 def embed_slide(
@@ -285,6 +318,7 @@ def embed_slide(
     if workers is not None and (int(workers) != workers or workers < 0):
         raise InvalidInputError(f"workers must be a non-negative integer, got {workers!r}")
     info = get_model_info(model, check=False)  # unknown model: fail before any work
+    check_weights(model)  # gated without a token, offline without a cache: before any slide
     dev = resolve_device(device)
     opened = not isinstance(slide, Slide)
     s = open_slide(slide, mpp=slide_mpp) if not isinstance(slide, Slide) else slide
@@ -337,10 +371,17 @@ def _embed_open_slide(
 
     if should_stop is not None and should_stop():
         raise CancelledError(f"embedding of {slide.path} cancelled before it started")
-    grid, _ = slide_grid(slide, tiling, tissue)
+    # The model is built while the tissue is detected: the two are independent and each takes
+    # about a second (benchmarks/bench_embed.py). The thread has ended before any reader forks.
+    building = _Background(load_model, model)
+    try:
+        grid, _ = slide_grid(slide, tiling, tissue)
+    except BaseException:
+        building.join()  # the slide's error wins; the model's, if any, is dropped
+        raise
+    loaded: LoadedModel = building.result()
     if len(grid) == 0:
         raise no_tissue_error(slide, grid, tiling)
-    loaded = load_model(model)
     info = loaded.info
     meta = full_meta(slide, base_meta, grid, info, loaded.weights_hash, tiling, str(device))
     writer = EmbeddingWriter(path, meta, grid.coords, info.dim, dtype=dtype, resume=not overwrite)
@@ -358,9 +399,76 @@ def _embed_open_slide(
         raise
 
 
-def _read_size(patch_size: int, input_size: int, device: torch.device) -> int:
+class _Background:
+    """Run ``fn(*args)`` in a thread; :meth:`result` waits and returns or raises what it did."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._target, args=(fn, args), name="histosic-model", daemon=True
+        )
+        self._thread.start()
+
+    def _target(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        try:
+            self._value = fn(*args)
+        except BaseException as err:  # handed to the caller in result()
+            self._error = err
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def _probe(
+    module: torch.nn.Module,
+    prep: _Preprocess,
+    read_size: int,
+    precision: str,
+    device: torch.device,
+) -> Callable[[int], None]:
+    """A forward pass of ``b`` blank patches, as the loop runs it (for :func:`fit_batch_size`)."""
+
+    def run(b: int) -> None:
+        blank = torch.zeros((b, read_size, read_size, 3), dtype=torch.uint8)
+        with torch.inference_mode(), autocast(device, precision):
+            module(prep(blank))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    return run
+
+
+def fit_batch_size(forward: Callable[[int], None], batch_size: int) -> int:
+    """The largest batch size up to ``batch_size`` (halving) whose forward pass fits in memory.
+
+    On a GPU a foundation model's activations at the default batch (64 patches) may not fit
+    beside its weights (ViT-g in fp16 on a small card); the batch is halved until one forward pass
+    runs, and the same memory is then enough for every batch of the slide (patches have one size).
+    """
+    batch = max(1, int(batch_size))
+    while True:
+        try:
+            forward(batch)
+            return batch
+        except torch.OutOfMemoryError:
+            if batch == 1:
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            log.info("batch %d does not fit in device memory; trying %d", batch, batch // 2)
+            batch //= 2
+
+
+def _read_size(patch_size: int, info: ModelInfo, device: torch.device) -> int:
     """Side of the patches the readers return (:func:`histosic.embed.reading.read_size`)."""
-    return read_size(patch_size, input_size, gpu=device.type == "cuda")
+    return read_size(patch_size, info, gpu=device.type == "cuda")
 
 
 def _run(
@@ -381,14 +489,21 @@ def _run(
     if writer.n_done >= n_total:
         return
     n_workers = default_workers(device) if workers is None else int(workers)
-    module = prepare_module(loaded, device)
-    prep = _Preprocess(loaded, device)
+    read_size = _read_size(tiling.patch_size, loaded.info, device)
+    module: torch.nn.Module | None = None
+    if device.type == "cuda":
+        # The batch that fits in device memory decides the readers' batches: model first.
+        module = prepare_module(loaded, device)
+        batch_size = fit_batch_size(
+            _probe(module, _Preprocess(loaded, device), read_size, loaded.info.precision, device),
+            min(batch_size, n_total - writer.n_done),
+        )
     dataset = _PatchBatches(
         slide.path,
         slide.mpp,
         grid.coords,
         grid.patch_size_level0,
-        _read_size(tiling.patch_size, loaded.info.input_size, device),
+        read_size,
         batch_size,
         writer.n_done,
         slide=slide if n_workers == 0 else None,
@@ -404,7 +519,10 @@ def _run(
         batch_size,
         writer.n_done,
     )
-    batches = _iterate(dataset, n_workers, device)
+    batches = _iterate(dataset, n_workers, device)  # readers start now
+    if module is None:
+        module = prepare_module(loaded, device)
+    prep = _Preprocess(loaded, device)
     cuda = device.type == "cuda"
     # On CUDA one batch is in flight: batch i's features come back to the host (pinned,
     # non-blocking) and are written while the GPU computes batch i + 1, so the HDF5 write and the
@@ -422,7 +540,7 @@ def _run(
 
     expected = writer.n_done
     try:
-        with torch.inference_mode(), autocast(device):
+        with torch.inference_mode(), autocast(device, loaded.info.precision):
             for patches, white, lo in batches:
                 if should_stop is not None and should_stop():
                     raise CancelledError(

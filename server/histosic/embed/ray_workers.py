@@ -27,8 +27,9 @@ from histosic.embed.output_file import (
     other_output_error,
     output_meta,
 )
-from histosic.embed.reading import read_patches, read_size, slide_grid
+from histosic.embed.reading import read_size, slide_grid
 from histosic.embed.registry import ModelInfo
+from histosic.patches import read_patches
 from histosic.slides import Slide, TissueConfig, open_slide, white_fraction
 from histosic.store import EmbeddingMeta
 from histosic.tiling import TilingConfig
@@ -100,7 +101,7 @@ def plan_slide(
             raise no_tissue_error(s, grid, tiling)
         meta = full_meta(s, base, grid, card.info, card.weights_hash, tiling, card.device)
         gpu = card.device.startswith("cuda")
-        side = read_size(tiling.patch_size, card.info.input_size, gpu=gpu)
+        side = read_size(tiling.patch_size, card.info, gpu=gpu)
         jpeg = None
         if decode == "device" or (decode == "auto" and gpu):
             jpeg = jpeg_level(s, s.best_level_for_downsample(grid.patch_size_level0 / side))
@@ -211,7 +212,7 @@ class Embedder:
 
         from histosic.embed.pipeline import autocast, forward
 
-        with torch.inference_mode(), autocast(self.device):
+        with torch.inference_mode(), autocast(self.device, self.loaded.info.precision):
             feats = forward(self.module, self.prep, patches)
         out: npt.NDArray[np.float32] = feats.cpu().numpy()
         return out

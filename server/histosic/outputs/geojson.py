@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "OutputKind",
     "region_geometries",
+    "tile_cells",
     "tile_polygons",
     "to_geojson",
     "to_geojson_bytes",
@@ -54,15 +55,21 @@ def _r(v: float) -> float:
     return round(float(v), _DECIMALS)
 
 
-def tile_polygons(emb: Embeddings) -> np.ndarray[Any, np.dtype[np.float64]]:
-    """Bounds of each patch's central stride x stride cell, (n_patches, 4) x0, y0, x1, y1.
+def tile_cells(emb: Embeddings) -> tuple[np.ndarray[Any, np.dtype[np.float64]], float]:
+    """Top-left corner of each patch's central stride x stride cell, (n_patches, 2), and its side.
 
     With 50% overlap the patches overlap, but their central cells tile the plane, so the written
-    tiles cover the tissue without overlapping (DESIGN.md section 4).
+    tiles cover the tissue without overlapping (DESIGN.md section 4). The server's compact answer
+    (``ClusterResponse.cells``) sends exactly these cells.
     """
-    half_cell = max(int(emb.meta.stride_level0), 1) / 2.0
-    c = emb.centers()
-    return np.concatenate([c - half_cell, c + half_cell], axis=1)
+    size = float(max(int(emb.meta.stride_level0), 1))
+    return emb.centers() - size / 2.0, size
+
+
+def tile_polygons(emb: Embeddings) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """Bounds of each patch's central cell (:func:`tile_cells`), (n_patches, 4) x0, y0, x1, y1."""
+    origin, size = tile_cells(emb)
+    return np.concatenate([origin, origin + size], axis=1)
 
 
 def _measurement(v: float) -> float | str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,11 +27,11 @@ from histosic.api.v1 import (
     clustering_pb2_grpc,
     common_pb2,
     embedding_pb2,
-    embedding_pb2_grpc,
 )
 from histosic.cluster import ClusterOptions, ClusterResult, SlideClustering, Step
 from histosic.errors import (
     CancelledError,
+    DeadlineExceededError,
     EmbeddingNotFoundError,
     HistosicError,
     InvalidInputError,
@@ -43,6 +43,7 @@ from histosic.seeds import SeedPoint, map_seeds
 from histosic.service.arrays import from_ndarray
 from histosic.service.convert import options_to_proto
 from histosic.service.status import UnauthenticatedError
+from histosic.service.wire import decode_chunk
 
 if TYPE_CHECKING:
     from histosic.store import Embeddings
@@ -51,6 +52,7 @@ __all__ = [
     "RemoteClustering",
     "RemoteIgnoredSeed",
     "cluster_remote",
+    "connect_unary",
     "download_embedding",
     "embedding_ref",
     "open_channel",
@@ -66,6 +68,7 @@ _ERRORS: dict[grpc.StatusCode, type[HistosicError]] = {
     grpc.StatusCode.FAILED_PRECONDITION: PreconditionError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
     grpc.StatusCode.CANCELLED: CancelledError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
 }
 _MAX_MESSAGE = 512 << 20
 
@@ -203,14 +206,16 @@ def cluster_remote(
     token: str | None = None,
     timeout: float = 300.0,
     channel: grpc.Channel | None = None,
+    tls_ca: str | os.PathLike[str] | None = None,
 ) -> RemoteClustering:
     """Cluster on a server from seed points.
 
     Parameters
     ----------
     address : str
-        ``HOST:PORT`` of the server (used to open a channel unless ``channel`` is given, and in
-        error messages).
+        The server: ``HOST:PORT`` or ``grpc://HOST:PORT`` (gRPC; TLS when ``tls_ca`` is given),
+        ``grpcs://HOST:PORT`` (gRPC over TLS), or ``https://HOST:PORT`` / ``http://HOST:PORT``
+        (the Connect port, as QuPath scripts use it). Used in error messages too.
     embedding : EmbeddingRef
         Which of the server's embeddings (see :func:`embedding_ref`).
     points : sequence of SeedPoint
@@ -223,6 +228,9 @@ def cluster_remote(
         Seconds.
     channel : grpc.Channel, optional
         An open channel to reuse (it is left open).
+    tls_ca : path-like, optional
+        PEM file of the certificate authority (or the self-signed certificate) the server's
+        certificate must chain to; None = the system's trusted authorities.
 
     Returns
     -------
@@ -242,18 +250,21 @@ def cluster_remote(
         ],
         options=options_to_proto(ClusterOptions() if options is None else options),
     )
-    own = channel is None
-    ch = channel if channel is not None else open_channel(address)
     start = time.perf_counter()
-    try:
-        stub = clustering_pb2_grpc.ClusteringServiceStub(ch)
-        resp = stub.Cluster(request, timeout=timeout, metadata=_metadata(token))
-    except grpc.RpcError as err:
-        _raise(err, address)
-        raise  # _raise always raises
-    finally:
-        if own:
-            ch.close()
+    if address.startswith(("http://", "https://")) and channel is None:
+        resp = clustering_pb2.ClusterResponse.FromString(
+            connect_unary(
+                address,
+                "ClusteringService",
+                "Cluster",
+                request.SerializeToString(),
+                token=token,
+                timeout=timeout,
+                tls_ca=tls_ca,
+            )
+        )
+    else:
+        resp = _grpc_cluster(address, request, token, timeout, channel, tls_ca)
     return RemoteClustering(
         labels=from_ndarray(resp.labels).astype(np.int64),
         confidence=from_ndarray(resp.confidence).astype(np.float64),
@@ -276,6 +287,111 @@ def cluster_remote(
     )
 
 
+def _put(buf: np.ndarray[Any, np.dtype[np.uint8]], offset: int, chunk: memoryview) -> int:
+    n = len(chunk)
+    if offset < 0 or offset + n > buf.size:
+        raise InvalidInputError(
+            f"GetEmbedding sent bytes {offset}..{offset + n} of a {buf.size}-byte matrix"
+        )
+    if n:
+        buf[offset : offset + n] = np.frombuffer(chunk, dtype=np.uint8)
+    return n
+
+
+def _grpc_cluster(
+    address: str,
+    request: clustering_pb2.ClusterRequest,
+    token: str | None,
+    timeout: float,
+    channel: grpc.Channel | None,
+    tls_ca: str | os.PathLike[str] | None,
+) -> clustering_pb2.ClusterResponse:
+    tls = address.startswith("grpcs://")
+    target = address.split("://", 1)[1] if "://" in address else address
+    own = channel is None
+    ch = channel if channel is not None else open_channel(target, tls_ca=tls_ca, tls=tls)
+    try:
+        stub = clustering_pb2_grpc.ClusteringServiceStub(ch)
+        resp: clustering_pb2.ClusterResponse = stub.Cluster(
+            request, timeout=timeout, metadata=_metadata(token)
+        )
+        return resp
+    except grpc.RpcError as err:
+        _raise(err, address)
+        raise  # _raise always raises
+    finally:
+        if own:
+            ch.close()
+
+
+def connect_unary(
+    base_url: str,
+    service: str,
+    method: str,
+    body: bytes,
+    *,
+    token: str | None = None,
+    timeout: float = 300.0,
+    tls_ca: str | os.PathLike[str] | None = None,
+) -> bytes:
+    """One Connect unary call (binary protobuf over HTTP/1.1 POST); the response's bytes.
+
+    ``base_url`` is ``https://HOST:PORT`` (verified against ``tls_ca``, or the system's
+    authorities) or ``http://HOST:PORT``. ``Connect-Timeout-Ms`` carries ``timeout`` so the
+    server stops the work when it passes. Errors come back as the :mod:`histosic.errors` class of
+    the status code, as for gRPC.
+    """
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    url = f"{base_url.rstrip('/')}/histosic.v1.{service}/{method}"
+    headers = {
+        "Content-Type": "application/proto",
+        "Connect-Protocol-Version": "1",
+        "Connect-Timeout-Ms": str(max(1, int(timeout * 1000))),
+    }
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    context = None
+    if base_url.startswith("https://"):
+        try:
+            context = ssl.create_default_context(cafile=None if tls_ca is None else str(tls_ca))
+        except (OSError, ssl.SSLError) as err:
+            raise InvalidInputError(f"cannot read the CA certificate {tls_ca}: {err}") from err
+    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout + 10, context=context) as resp:
+            data: bytes = resp.read()
+            return data
+    except urllib.error.HTTPError as err:
+        raise _connect_error(base_url, err.code, err.read()) from err
+    except urllib.error.URLError as err:
+        reason = err.reason
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            raise PermissionDeniedError(
+                f"the certificate of {base_url} is not trusted ({reason.verify_message}); give "
+                "the server's CA or self-signed certificate with --tls-ca"
+            ) from err
+        raise PreconditionError(
+            f"histosic server {base_url} is not reachable ({reason}); start it with "
+            "`histosic serve` or check the URL"
+        ) from err
+
+
+def _connect_error(base_url: str, http_status: int, body: bytes) -> HistosicError:
+    try:
+        err = json.loads(body)
+        code, message = str(err.get("code", "")), str(err.get("message", ""))
+    except (ValueError, AttributeError):
+        code, message = "", body[:200].decode("utf-8", "replace")
+    name = "CANCELLED" if code == "canceled" else code.upper()
+    cls = _ERRORS.get(grpc.StatusCode[name]) if name in grpc.StatusCode.__members__ else None
+    if cls is None:
+        return HistosicError(f"server {base_url}: {name or http_status}: {message}")
+    return cls(f"server {base_url}: {message}")
+
+
 def download_embedding(
     channel: grpc.Channel,
     embedding: common_pb2.EmbeddingRef,
@@ -292,23 +408,30 @@ def download_embedding(
     from histosic.store import EmbeddingMeta, Embeddings
 
     metadata = _metadata(token)
-    stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
-    stream = stub.GetEmbedding(
+    # Raw messages: the chunks are read as views of the received bytes (service/wire.py), so
+    # each byte is copied once, into the matrix.
+    call = channel.unary_stream(
+        "/histosic.v1.EmbeddingService/GetEmbedding",
+        request_serializer=embedding_pb2.GetEmbeddingRequest.SerializeToString,
+        response_deserializer=None,
+    )
+    stream = call(
         embedding_pb2.GetEmbeddingRequest(embedding=embedding, dtype=dtype),
         timeout=timeout,
         metadata=metadata,
     )
     try:
-        first = next(stream)
+        first = embedding_pb2.GetEmbeddingResponse.FromString(next(stream))
         shape = tuple(int(s) for s in first.features_shape)
         dt = np.dtype(first.features_dtype).newbyteorder("<")
         buf = np.empty(int(np.prod(shape, dtype=np.int64)) * dt.itemsize, dtype=np.uint8)
-        filled = 0
-        for msg in _chain(first, stream):
-            n = len(msg.chunk)
-            if n:
-                buf[msg.offset : msg.offset + n] = np.frombuffer(msg.chunk, dtype=np.uint8)
-                filled += n
+        filled = _put(buf, first.offset, memoryview(first.chunk))
+        for raw in stream:
+            piece = decode_chunk(raw)
+            if piece is None:  # not the compact form: parse it in full
+                msg = embedding_pb2.GetEmbeddingResponse.FromString(raw)
+                piece = (msg.offset, memoryview(msg.chunk))
+            filled += _put(buf, *piece)
     except grpc.RpcError as err:
         _raise(err, "server")
         raise
@@ -338,13 +461,6 @@ def download_embedding(
         tissue_fraction=tissue,
         white_fraction=white,
     )
-
-
-def _chain(
-    first: embedding_pb2.GetEmbeddingResponse, rest: Iterable[embedding_pb2.GetEmbeddingResponse]
-) -> Iterator[embedding_pb2.GetEmbeddingResponse]:
-    yield first
-    yield from rest
 
 
 def to_slide_clustering(

@@ -116,6 +116,7 @@ class ClusterOptions(_message.Message):
     RANDOM_STATE_FIELD_NUMBER: _builtins.int
     PREPROCESS_FIELD_NUMBER: _builtins.int
     GEOJSON_FIELD_NUMBER: _builtins.int
+    INCLUDE_CELLS_FIELD_NUMBER: _builtins.int
     method: _builtins.str
     """"sic" (the paper), "seeded-kmeans", "centroid", "logreg", "spreading"; empty = default."""
     positive_class: _builtins.str
@@ -139,6 +140,10 @@ class ClusterOptions(_message.Message):
     """What the GeoJSON holds: "tiles" (default), "detections", "regions" (merged class outlines),
     "both" (tiles and regions), or "none".
     """
+    include_cells: _builtins.bool
+    """Also return ClusterResponse.cells: with labels and confidence, all a client needs to build the
+    tile objects itself (the QuPath scripts do), a few bytes per patch instead of GeoJSON's ~400.
+    """
     @_builtins.property
     def preprocess(self) -> Global___Preprocess: ...
     def __init__(
@@ -156,10 +161,11 @@ class ClusterOptions(_message.Message):
         random_state: _builtins.int | None = ...,
         preprocess: Global___Preprocess | None = ...,
         geojson: _builtins.str = ...,
+        include_cells: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_depth", b"_max_depth", "_min_cluster_size", b"_min_cluster_size", "_random_state", b"_random_state", "max_depth", b"max_depth", "min_cluster_size", b"min_cluster_size", "preprocess", b"preprocess", "random_state", b"random_state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_depth", b"_max_depth", "_min_cluster_size", b"_min_cluster_size", "_random_state", b"_random_state", "constrained", b"constrained", "geojson", b"geojson", "max_depth", b"max_depth", "method", b"method", "metric", b"metric", "min_cluster_size", b"min_cluster_size", "multiclass", b"multiclass", "positive_class", b"positive_class", "preprocess", b"preprocess", "random_state", b"random_state", "stop", b"stop", "suggest", b"suggest"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_depth", b"_max_depth", "_min_cluster_size", b"_min_cluster_size", "_random_state", b"_random_state", "constrained", b"constrained", "geojson", b"geojson", "include_cells", b"include_cells", "max_depth", b"max_depth", "method", b"method", "metric", b"metric", "min_cluster_size", b"min_cluster_size", "multiclass", b"multiclass", "positive_class", b"positive_class", "preprocess", b"preprocess", "random_state", b"random_state", "stop", b"stop", "suggest", b"suggest"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_depth: _TypeAlias = _typing.Literal["max_depth"]  # noqa: Y015
     _WhichOneofArgType__max_depth: _TypeAlias = _typing.Literal["_max_depth", b"_max_depth"]  # noqa: Y015
@@ -303,6 +309,48 @@ class SuggestedSeed(_message.Message):
 Global___SuggestedSeed: _TypeAlias = SuggestedSeed  # noqa: Y015
 
 @_typing.final
+class PatchCells(_message.Message):
+    """The compact per-patch answer: each patch's central cell (the square the "tiles" GeoJSON draws
+    for it) and the measurements the GeoJSON tiles carry, in the embedding's patch order.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    SEEDED_FIELD_NUMBER: _builtins.int
+    TISSUE_FRACTION_FIELD_NUMBER: _builtins.int
+    size: _builtins.float
+    """Side of every cell in level-0 pixels (the patch stride)."""
+    @_builtins.property
+    def origin(self) -> _common_pb2.NDArray:
+        """(n, 2) float32 level-0 x, y of the top-left corner of each patch's central cell."""
+
+    @_builtins.property
+    def seeded(self) -> _common_pb2.NDArray:
+        """(n,) uint8: 1 where a seed fell on the patch (the "histosic: seed" measurement)."""
+
+    @_builtins.property
+    def tissue_fraction(self) -> _common_pb2.NDArray:
+        """(n,) float32 tissue fraction ("histosic: tissue fraction"); empty when the embedding has none."""
+
+    def __init__(
+        self,
+        *,
+        origin: _common_pb2.NDArray | None = ...,
+        size: _builtins.float = ...,
+        seeded: _common_pb2.NDArray | None = ...,
+        tissue_fraction: _common_pb2.NDArray | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["origin", b"origin", "seeded", b"seeded", "tissue_fraction", b"tissue_fraction"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["origin", b"origin", "seeded", b"seeded", "size", b"size", "tissue_fraction", b"tissue_fraction"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PatchCells: _TypeAlias = PatchCells  # noqa: Y015
+
+@_typing.final
 class ClusterResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -319,6 +367,7 @@ class ClusterResponse(_message.Message):
     N_SEEDS_USED_FIELD_NUMBER: _builtins.int
     EMBEDDING_ID_FIELD_NUMBER: _builtins.int
     CLASS_COUNTS_FIELD_NUMBER: _builtins.int
+    CELLS_FIELD_NUMBER: _builtins.int
     positive_class: _builtins.str
     method: _builtins.str
     score: _builtins.float
@@ -348,6 +397,10 @@ class ClusterResponse(_message.Message):
     def class_counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Per-class patch counts, in class_names order."""
 
+    @_builtins.property
+    def cells(self) -> Global___PatchCells:
+        """Set when options.include_cells is true."""
+
     def __init__(
         self,
         *,
@@ -364,10 +417,11 @@ class ClusterResponse(_message.Message):
         n_seeds_used: _builtins.int = ...,
         embedding_id: _builtins.str = ...,
         class_counts: _abc.Iterable[_builtins.int] | None = ...,
+        cells: Global___PatchCells | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "labels", b"labels"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cells", b"cells", "confidence", b"confidence", "labels", b"labels"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_counts", b"class_counts", "class_names", b"class_names", "confidence", b"confidence", "embedding_id", b"embedding_id", "geojson", b"geojson", "history", b"history", "ignored_seeds", b"ignored_seeds", "labels", b"labels", "method", b"method", "n_seeds_used", b"n_seeds_used", "positive_class", b"positive_class", "score", b"score", "suggestions", b"suggestions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cells", b"cells", "class_counts", b"class_counts", "class_names", b"class_names", "confidence", b"confidence", "embedding_id", b"embedding_id", "geojson", b"geojson", "history", b"history", "ignored_seeds", b"ignored_seeds", "labels", b"labels", "method", b"method", "n_seeds_used", b"n_seeds_used", "positive_class", b"positive_class", "score", b"score", "suggestions", b"suggestions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -82,6 +82,18 @@ def test_ray_driver_imports_neither_ray_nor_torch() -> None:
     assert r.stdout.strip() == "[]"
 
 
+def test_reading_side_of_embedding_is_torch_free() -> None:
+    # Ray's reading tasks and planning import these; only the inference actors load torch.
+    code = (
+        "import sys\n"
+        "import histosic.embed.ray_workers, histosic.embed.reading, histosic.embed.jpeg_tiles\n"
+        "import histosic.embed.output_file\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'torch', 'torchvision'}))\n"
+    )
+    r = _python(code)
+    assert r.stdout.strip() == "[]"
+
+
 def test_clustering_imports_numpy_only() -> None:
     # scikit-learn and scipy load where a step needs them (spreading, PCA, the estimator, the
     # grid steps), not when the package is imported.

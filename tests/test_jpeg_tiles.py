@@ -7,6 +7,7 @@ decodes instead; its equality within rounding is for a GPU session (docs/RAY.md)
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,7 +38,9 @@ def _compare(path: Path, tiling: TilingConfig, out_size: int) -> int:
         layout = jpeg_level(s, level)
         assert layout is not None, "a JPEG level was not recognised"
         n = 0
-        for lo in range(0, len(grid), 16):
+        starts = list(range(0, len(grid), 16))
+        # The first and last batches (the slide's edges) and two in between: enough, and quick.
+        for lo in sorted({*starts[:2], *starts[-2:], starts[len(starts) // 2]}):
             coords = grid.coords[lo : lo + 16]
             want = read_patches(s, coords, size0, out_size)
             got = decode_batch(read_jpeg_batch(s, coords, size0, out_size, layout), CPU)
@@ -49,20 +52,23 @@ def _compare(path: Path, tiling: TilingConfig, out_size: int) -> int:
         s.close()
 
 
-@pytest.mark.parametrize(("out_size", "overlap"), [(256, 0.5), (224, 0.5), (256, 0.0)])
-def test_generated_jpeg_pyramid(
-    slide_factory: Callable[..., SyntheticSlide], out_size: int, overlap: float
-) -> None:
-    slide = slide_factory(
-        "jpeg-40x.tiff", 1800, 2600, [(100, 100, 2500, 1700)], compression="jpeg", seed=5
+@pytest.fixture(scope="module")
+def jpeg_slide(slide_factory: Callable[..., SyntheticSlide]) -> SyntheticSlide:
+    return slide_factory(
+        "jpeg-40x.tiff", 1300, 2100, [(100, 100, 2000, 1200)], compression="jpeg", seed=5
     )
+
+
+@pytest.mark.parametrize(("out_size", "overlap"), [(256, 0.5), (224, 0.5), (256, 0.0)])
+def test_generated_jpeg_pyramid(jpeg_slide: SyntheticSlide, out_size: int, overlap: float) -> None:
+    slide = jpeg_slide
     tiling = TilingConfig(overlap=overlap, tissue_threshold=0.0)
-    assert _compare(slide.path, tiling, out_size) >= 15
+    assert _compare(slide.path, tiling, out_size) >= 8
 
 
 def test_real_svs(cmu_svs: Path) -> None:
     # 20x, one level, 240-px RGB JPEG tiles with JPEGTables; 257-px patches resized to 256.
-    assert _compare(cmu_svs, TilingConfig(tissue_threshold=0.0), 256) > 100
+    assert _compare(cmu_svs, TilingConfig(tissue_threshold=0.0), 256) >= 64
 
 
 def test_not_jpeg_is_refused(slide_factory: Callable[..., SyntheticSlide]) -> None:
@@ -70,5 +76,26 @@ def test_not_jpeg_is_refused(slide_factory: Callable[..., SyntheticSlide]) -> No
     s = open_slide(zlib.path)
     try:
         assert jpeg_level(s, 0) is None and jpeg_level(s, 9) is None
+    finally:
+        s.close()
+
+
+def test_corrupt_tiles_are_reported(slide_factory: Callable[..., SyntheticSlide]) -> None:
+    from histosic.errors import CorruptFileError
+
+    slide = slide_factory("jpeg-bad.tiff", 1024, 1536, [(0, 0, 1536, 1024)], compression="jpeg")
+    s = open_slide(slide.path)
+    try:
+        layout = jpeg_level(s, 1)
+        assert layout is not None
+        coords = np.array([[0, 0]], dtype=np.int64)
+        batch = read_jpeg_batch(s, coords, 512, 256, layout)
+        # A tile that is not JPEG, and a JPEG stream cut short after its header.
+        key = next(iter(batch.tiles))
+        with pytest.raises(CorruptFileError, match="does not start with SOI"):
+            layout.stream(bytes(100))
+        bad = dataclasses.replace(batch, tiles={key: batch.tiles[key][:200]})
+        with pytest.raises(CorruptFileError, match="cannot decode the JPEG tiles"):
+            decode_batch(bad, CPU)
     finally:
         s.close()

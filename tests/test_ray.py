@@ -42,7 +42,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HISTOSIC_OFFLINE": "1", "RAY_AUTH_
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[str]:
-    """A local Ray of 2 CPUs on loopback for this module; its address for other drivers."""
+    """A local Ray of 2 CPUs for this module; its address for other drivers."""
     ray.init(
         num_cpus=2,
         object_store_memory=200 << 20,
@@ -129,7 +129,11 @@ def test_archive_is_the_single_machine_result_and_corrupt_slide_is_reported(
     out = tmp_path / "out"
     seen: list[ArchiveProgress] = []
     report_path = tmp_path / "report.json"
-    archive = [slides[0], corrupt, slides[1], slides[2]]
+    # A slide of the same name as the first, in another folder: it would share the output file.
+    namesake = tmp_path / "elsewhere" / slides[0].name
+    namesake.parent.mkdir()
+    namesake.write_bytes(slides[1].read_bytes())
+    archive = [slides[0], corrupt, slides[1], slides[2], namesake]
     report = embed_archive(
         archive,
         out,
@@ -141,6 +145,8 @@ def test_archive_is_the_single_machine_result_and_corrupt_slide_is_reported(
     )
     by_slide = {Path(s.slide).name: s for s in report.slides}
     bad = by_slide["corrupt.tiff"]
+    twin = report.slides[-1]
+    assert (twin.status, twin.error_type) == ("failed", "OutputExistsError"), twin
     assert bad.status == "failed" and bad.error_type == "CorruptFileError"
     assert "corrupt" in (bad.error or "") and "Traceback" not in (bad.error or "")
     assert isinstance(report.exceptions[bad.slide], CorruptFileError)
@@ -151,13 +157,13 @@ def test_archive_is_the_single_machine_result_and_corrupt_slide_is_reported(
     # Nothing half-written: the three files, and the corrupt slide left no partial file.
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in reference.values())
     doc = json.loads(report_path.read_text())
-    assert doc["summary"]["done"] == 3 and doc["summary"]["failed"] == 1
+    assert doc["summary"]["done"] == 3 and doc["summary"]["failed"] == 2
     total = sum(_n(p) for p in reference.values())
     assert doc["summary"]["patches_embedded"] == total
-    assert [s["status"] for s in doc["slides"]] == ["done", "failed", "done", "done"]
+    assert [s["status"] for s in doc["slides"]] == ["done", "failed", "done", "done", "failed"]
     # Progress: patches grow to the total, slides finished to all four.
     assert [p.patches_done for p in seen] == sorted(p.patches_done for p in seen)
-    assert seen[-1].slides_finished == 4 and seen[-1].patches_done >= total
+    assert seen[-1].slides_finished == 5 and seen[-1].patches_done >= total
     assert "corrupt.tiff  failed" in format_table(report)
 
     # A rerun skips what is done, touches no file and reports the corrupt slide again.
@@ -165,7 +171,8 @@ def test_archive_is_the_single_machine_result_and_corrupt_slide_is_reported(
     again = embed_archive(
         archive, out, ray=RayOptions(address=cluster), model=MODEL, batch_size=BATCH
     )
-    assert [s.status for s in again.slides] == ["skipped", "failed", "skipped", "skipped"]
+    statuses = [s.status for s in again.slides]
+    assert statuses == ["skipped", "failed", "skipped", "skipped", "failed"]
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == mtimes
     assert again.patches_embedded() == 0
 
@@ -265,7 +272,10 @@ def test_driver_killed_then_rerun_resumes(
     total = _n(ref_big)
     assert 2 * BATCH <= done < total and not (out / ref_big.name).exists()
 
-    r = subprocess.run(args, capture_output=True, text=True, timeout=300, env=ENV)
+    # The rerun finds the cluster with --ray auto (RAY_ADDRESS, as on a cluster's nodes).
+    rerun = [*args[:-1], "auto"]
+    env = {**ENV, "RAY_ADDRESS": cluster}
+    r = subprocess.run(rerun, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr
     doc = json.loads((out / "histosic-embed-report.json").read_text())
     first, second = doc["slides"]
@@ -280,7 +290,7 @@ def test_driver_killed_then_rerun_resumes(
 def test_cli_ray_local_with_a_corrupt_slide(
     slides: list[Path], corrupt: Path, reference: dict[str, Path], tmp_path: Path
 ) -> None:
-    # --ray local starts its own Ray (on loopback) in the subprocess and stops it at the end.
+    # --ray local starts its own Ray in the subprocess and stops it at the end.
     out = tmp_path / "out"
     report = tmp_path / "run.json"
     r = subprocess.run(

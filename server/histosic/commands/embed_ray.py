@@ -32,8 +32,9 @@ def add_ray_flags(p: argparse.ArgumentParser, *, report: bool = True) -> None:
         const="local",
         default=None,
         metavar="ADDRESS",
-        help="run on Ray: 'local' (the default when ADDRESS is left out: a Ray started here, on "
-        "loopback), 'auto' (this machine's cluster or RAY_ADDRESS) or the head's HOST:PORT",
+        help="run on Ray: 'local' (the default when ADDRESS is left out: a Ray started on this "
+        "machine for the run), 'auto' (this machine's cluster or RAY_ADDRESS) or the head's "
+        "HOST:PORT",
     )
     g.add_argument("--ray-cpus", type=int, default=None, help="CPUs of a local Ray (default: all)")
     g.add_argument(

@@ -12,30 +12,36 @@ same row runs, same offsets), and on the CPU the decoded pixels are those of Ope
 (``JPEGTables``) back, and tiles stored as RGB (not YCbCr, as Aperio writes them) an Adobe marker
 that tells the decoder not to convert colours. Anything else (another compression, planar
 storage, a level that does not match the slide's) is not for this path: :func:`jpeg_level`
-returns None and the CPU reader is used.
+returns None and the CPU reader is used. Reading needs no torch (the reading processes do not load
+it); decoding imports it.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import torch
-import torch.nn.functional as F
 
 from histosic.errors import CorruptFileError
+from histosic.patches import _MAX_RUN_PATCHES, _resize
 from histosic.slides import WHITE_LEVEL, Slide
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = ["JpegBatch", "JpegLevel", "decode_batch", "jpeg_level", "read_jpeg_batch"]
+
+log = logging.getLogger(__name__)
 
 _JPEG = 7  # TIFF compression
 _RGB, _YCBCR = 2, 6  # TIFF photometric
 # APP14 "Adobe", version 100, flags 0, transform 0: the three components are RGB as they are.
 _ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"
-_MAX_RUN_PATCHES = 32  # as the CPU reader
 
 
 @dataclass(frozen=True)
@@ -173,21 +179,37 @@ def read_jpeg_batch(
     return JpegBatch(level, tiles, origins, side, out_size)
 
 
-def _decode(batch: JpegBatch, device: torch.device) -> dict[int, torch.Tensor]:
-    """Every tile of the batch decoded on the device: (tile_h, tile_w, 3) uint8 each."""
+def _decode_on(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     from torchvision.io import ImageReadMode, decode_jpeg
+
+    with warnings.catch_warnings():
+        # torchvision 0.29 marks its image decoding deprecated in favour of TorchCodec; it is
+        # what ships with the pinned torch and decodes on the GPU (docs/RAY.md).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if device.type == "cuda":
+            out: list[torch.Tensor] = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+            return out
+        return [decode_jpeg(d, mode=ImageReadMode.RGB) for d in data]
+
+
+def _decode(batch: JpegBatch, device: torch.device) -> dict[int, torch.Tensor]:
+    """Every tile of the batch decoded on the device: (tile_h, tile_w, 3) uint8 each.
+
+    A stream the GPU decoder refuses is decoded on the CPU and moved to the device: a slide is
+    only failed for tiles that libjpeg cannot decode either.
+    """
+    import torch
 
     keys = [k for k, v in batch.tiles.items() if v]
     data = [torch.frombuffer(bytearray(batch.tiles[k]), dtype=torch.uint8) for k in keys]
     try:
-        with warnings.catch_warnings():
-            # torchvision 0.29 marks its image decoding deprecated in favour of TorchCodec; it is
-            # what ships with the pinned torch and decodes on the GPU (docs/RAY.md).
-            warnings.simplefilter("ignore", DeprecationWarning)
-            if device.type == "cuda":
-                images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
-            else:
-                images = [decode_jpeg(d, mode=ImageReadMode.RGB) for d in data]
+        try:
+            images = _decode_on(data, device)
+        except RuntimeError:
+            if device.type == "cpu":
+                raise
+            log.warning("GPU JPEG decoding failed for %s; decoding on the CPU", batch.level.path)
+            images = [img.to(device) for img in _decode_on(data, torch.device("cpu"))]
     except RuntimeError as err:
         raise CorruptFileError(
             f"cannot decode the JPEG tiles of {batch.level.path} ({err}); the file may have "
@@ -201,6 +223,9 @@ def decode_batch(batch: JpegBatch, device: torch.device) -> torch.Tensor:
 
     Areas outside the level (and empty tiles) are white, as the slide readers make them.
     """
+    import torch
+    import torch.nn.functional as F
+
     lv = batch.level
     tiles = _decode(batch, device)
     side, n = batch.side, int(batch.origins.shape[0])
@@ -223,8 +248,6 @@ def decode_batch(batch: JpegBatch, device: torch.device) -> torch.Tensor:
         return patches
     if device.type == "cpu":
         # The CPU reader's own resize (PIL bilinear), so the CPU path gives the same pixels.
-        from histosic.patches import _resize
-
         arr = patches.numpy()
         return torch.from_numpy(np.stack([_resize(p, batch.out_size) for p in arr]))
     x = patches.permute(0, 3, 1, 2).float()

@@ -34,6 +34,7 @@ from histosic.embed.output_file import (
     other_output_error,
     output_meta,
 )
+from histosic.embed.reading import read_size, slide_grid
 from histosic.embed.registry import (
     LoadedModel,
     ModelInfo,
@@ -42,10 +43,10 @@ from histosic.embed.registry import (
     load_model,
 )
 from histosic.errors import CancelledError, HistosicError, InvalidInputError
-from histosic.patches import read_patches, thumbnail_size
-from histosic.slides import Slide, TissueConfig, detect_tissue, open_slide, white_fraction
+from histosic.patches import read_patches
+from histosic.slides import Slide, TissueConfig, open_slide, white_fraction
 from histosic.store import EmbeddingWriter
-from histosic.tiling import PatchGrid, TilingConfig, make_grid
+from histosic.tiling import PatchGrid, TilingConfig
 
 __all__ = [
     "default_workers",
@@ -92,22 +93,6 @@ def default_workers(device: torch.device) -> int:
     if device.type == "cpu":
         return 1 if cores >= 2 else 0
     return max(1, min(16, cores - 1))
-
-
-def slide_grid(
-    slide: Slide,
-    tiling: TilingConfig = TilingConfig(),  # noqa: B008 - frozen dataclass
-    tissue: TissueConfig = TissueConfig(),  # noqa: B008 - frozen dataclass
-) -> tuple[PatchGrid, npt.NDArray[np.bool_]]:
-    """The tissue-filtered patch grid of an open slide and the thumbnail tissue mask it used."""
-    tiling.validate()
-    from histosic.tiling import patch_size_level0
-
-    size0 = patch_size_level0(tiling, slide.mpp)
-    thumb = slide.get_thumbnail(thumbnail_size(slide, size0, tissue))
-    mask = detect_tissue(thumb, tissue)
-    w, h = slide.dimensions
-    return make_grid(w, h, slide.mpp, tiling, tissue_mask=mask), mask
 
 
 class _PatchBatches(Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
@@ -482,19 +467,8 @@ def fit_batch_size(forward: Callable[[int], None], batch_size: int) -> int:
 
 
 def _read_size(patch_size: int, info: ModelInfo, device: torch.device) -> int:
-    """Side of the patches the readers return.
-
-    On the CPU, patches are resized straight to the network's input size in the reader processes
-    (one resample from the pyramid level, off the process that runs the model). With a GPU the
-    readers are the limit and the GPU has time to spare: a PIL resize costs the reader about a
-    third of its time (``benchmarks/bench_loader.py``), so patches come at the tiling size and
-    :class:`_Preprocess` resizes them on the device, unless that would more than double the
-    bytes to move.
-    """
-    input_size = info.crop_from or info.input_size
-    if device.type == "cuda" and patch_size <= 2 * input_size:
-        return patch_size
-    return input_size
+    """Side of the patches the readers return (:func:`histosic.embed.reading.read_size`)."""
+    return read_size(patch_size, info, gpu=device.type == "cuda")
 
 
 def _run(

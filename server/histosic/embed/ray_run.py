@@ -34,6 +34,7 @@ from histosic.errors import (
     CancelledError,
     HistosicError,
     InvalidInputError,
+    OutputExistsError,
     PreconditionError,
 )
 from histosic.slides import TissueConfig
@@ -52,7 +53,7 @@ class RayOptions:
     Attributes
     ----------
     address : str
-        'local' (start a Ray on this machine, bound to loopback, shut down afterwards), 'auto'
+        'local' (start a Ray on this machine for the run, shut down afterwards), 'auto'
         (the cluster this machine belongs to, or ``RAY_ADDRESS``) or a cluster address
         (``HOST:PORT`` of the head's GCS, or ``ray://HOST:10001``).
     num_cpus, num_gpus : int, optional
@@ -209,6 +210,7 @@ class _Driver:
         self.patches_done = 0
         self.planned_patches: list[int] = []
         self.open: dict[str, _Job] = {}
+        self.claimed: dict[Path, str] = {}  # output file -> the slide it is for
         self.t0 = time.monotonic()
         self._start_actors(cluster)
 
@@ -356,6 +358,17 @@ class _Driver:
         except Exception as err:  # every failure of a slide is reported; the run goes on
             self._fail(outcome, err, t0)
             return None
+        other = self.claimed.get(plan.path)
+        if other is not None:
+            # Two slides of the same name in different folders: the single-machine CLI refuses
+            # the second after the first is written; here they would share one partial file.
+            clash = OutputExistsError(
+                f"{slide} would be written to {plan.path}, as {other} is in this run; give the "
+                "slides different names or embed them in separate runs (or --out folders)"
+            )
+            self._fail(outcome, clash, t0)
+            return None
+        self.claimed[plan.path] = slide
         outcome.output = str(plan.path)
         outcome.patches = plan.n_patches
         outcome.decoded_on = "actor" if plan.jpeg is not None else "reader"
@@ -444,7 +457,7 @@ class _Driver:
         eta: float | None = None
         if rate > 0 and self.planned_patches:
             mean = sum(self.planned_patches) / len(self.planned_patches)
-            written = {slide: job.written for slide, job in self.open.items()}
+            written = {slide: j.written for slide, j in self.open.items()}
             left = sum(
                 o.patches - o.resumed_from - written.get(o.slide, 0)
                 for o in self.report.slides

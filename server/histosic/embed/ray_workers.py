@@ -13,19 +13,12 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
-from histosic.embed.jpeg_tiles import (
-    JpegBatch,
-    JpegLevel,
-    decode_batch,
-    jpeg_level,
-    read_jpeg_batch,
-    white_fraction_device,
-)
+from histosic.embed.jpeg_tiles import JpegBatch, JpegLevel, jpeg_level, read_jpeg_batch
 from histosic.embed.output_file import (
     existing_state,
     full_meta,
@@ -34,17 +27,9 @@ from histosic.embed.output_file import (
     other_output_error,
     output_meta,
 )
-from histosic.embed.pipeline import (
-    _Preprocess,
-    _read_size,
-    autocast,
-    forward,
-    prepare_module,
-    read_patches,
-    resolve_device,
-    slide_grid,
-)
-from histosic.embed.registry import ModelInfo, load_model
+from histosic.embed.reading import read_size, slide_grid
+from histosic.embed.registry import ModelInfo
+from histosic.patches import read_patches
 from histosic.slides import Slide, TissueConfig, open_slide, white_fraction
 from histosic.store import EmbeddingMeta
 from histosic.tiling import TilingConfig
@@ -115,11 +100,11 @@ def plan_slide(
         if len(grid) == 0:
             raise no_tissue_error(s, grid, tiling)
         meta = full_meta(s, base, grid, card.info, card.weights_hash, tiling, card.device)
-        device = torch.device(card.device)
-        read_size = _read_size(tiling.patch_size, card.info, device)
+        gpu = card.device.startswith("cuda")
+        side = read_size(tiling.patch_size, card.info, gpu=gpu)
         jpeg = None
-        if decode == "device" or (decode == "auto" and device.type == "cuda"):
-            jpeg = jpeg_level(s, s.best_level_for_downsample(grid.patch_size_level0 / read_size))
+        if decode == "device" or (decode == "auto" and gpu):
+            jpeg = jpeg_level(s, s.best_level_for_downsample(grid.patch_size_level0 / side))
         return SlidePlan(
             slide=slide,
             path=path,
@@ -128,7 +113,7 @@ def plan_slide(
             coords=grid.coords,
             tissue_fraction=grid.tissue_fraction,
             size_level0=grid.patch_size_level0,
-            read_size=read_size,
+            read_size=side,
             mpp=s.mpp,
             backend=s.backend,
             n_patches=len(grid),
@@ -190,6 +175,9 @@ def read_jpeg(
 class Embedder:
     """An inference actor: the model loaded once, then ``embed`` batch after batch.
 
+    Torch is imported here, in the actor's process, not when this module is (reading tasks import
+    the module and never need torch).
+
     Parameters
     ----------
     model : str
@@ -201,6 +189,11 @@ class Embedder:
     """
 
     def __init__(self, model: str, device: str, threads: int) -> None:
+        import torch
+
+        from histosic.embed.pipeline import _Preprocess, prepare_module, resolve_device
+        from histosic.embed.registry import load_model
+
         if device == "cpu":
             torch.set_num_threads(max(1, threads))
         self.device = resolve_device(device)
@@ -214,23 +207,32 @@ class Embedder:
             self.model, self.loaded.info, self.loaded.weights_hash, str(self.device), os.getpid()
         )
 
-    def embed(self, patches: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-        """Features (b, dim), float32, of a uint8 NHWC batch."""
-        # Arrays from Ray's object store are read-only views; torch wants writable memory.
-        batch = torch.from_numpy(np.require(patches, requirements="W"))
+    def _forward(self, patches: Any) -> npt.NDArray[np.float32]:
+        import torch
+
+        from histosic.embed.pipeline import autocast, forward
+
         with torch.inference_mode(), autocast(self.device, self.loaded.info.precision):
-            feats = forward(self.module, self.prep, batch)
+            feats = forward(self.module, self.prep, patches)
         out: npt.NDArray[np.float32] = feats.cpu().numpy()
         return out
+
+    def embed(self, patches: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        """Features (b, dim), float32, of a uint8 NHWC batch."""
+        import torch
+
+        # Arrays from Ray's object store are read-only views; torch wants writable memory.
+        return self._forward(torch.from_numpy(np.require(patches, requirements="W")))
 
     def embed_jpeg(
         self, batch: JpegBatch
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         """Decode a batch's JPEG tiles on this actor's device, then embed: (features, white)."""
+        import torch
+
+        from histosic.embed.jpeg_tiles import decode_batch, white_fraction_device
+
         with torch.inference_mode():
             patches = decode_batch(batch, self.device)
-            white = white_fraction_device(patches).cpu().numpy()
-            with autocast(self.device, self.loaded.info.precision):
-                feats = forward(self.module, self.prep, patches)
-        out: npt.NDArray[np.float32] = feats.cpu().numpy()
-        return out, white
+            white: npt.NDArray[np.float32] = white_fraction_device(patches).cpu().numpy()
+        return self._forward(patches), white

@@ -85,6 +85,10 @@ bench: install
 	$(PY) benchmarks/bench_embed.py --model he-features --patches 1024 --repeat 3
 	$(PY) benchmarks/bench_loader.py --patches 2000 --batch-size 64 --workers 1,2
 	$(PY) benchmarks/bench_colors.py
+	$(PY) benchmarks/bench_ray.py
+	$(PY) benchmarks/bench_seeds.py
+	$(PY) benchmarks/bench_deadlines.py
+	$(PY) benchmarks/bench_foundation.py
 	$(PY) benchmarks/bench_qupath_import.py
 
 clean:

@@ -119,7 +119,7 @@ def ready_batches(slide_path: Path, model_name: str, n: int, batch: int) -> list
         tiling = TilingConfig(tissue_threshold=0.5)
         grid, _ = slide_grid(slide, tiling)
         coords = grid.coords[:n]
-        size = _read_size(tiling.patch_size, loaded.info.input_size, cpu)
+        size = _read_size(tiling.patch_size, loaded.info, cpu)
         patches = read_patches(slide, coords, grid.patch_size_level0, size)
     prep = _Preprocess(loaded, cpu)
     return [prep(torch.from_numpy(patches[i : i + batch])) for i in range(0, len(patches), batch)]
@@ -129,14 +129,14 @@ def bare_rate(model_name: str, batches: list[Any], device: str) -> float:
     """Patches/s of the bare model on ready batches of real patches (after warm-up), the
     pipeline's upper bound.
 
-    Same precision as the pipeline (bf16 autocast on CUDA when supported, else fp16; fp32 on
-    the CPU), the same memory format and the same cuDNN autotuning; only the forward passes are
+    Same precision as the pipeline (the model's own on CUDA, fp32 on the CPU), the same memory
+    format and the same cuDNN autotuning; only the forward passes are
     timed. Some extractors' cost depends on the pixels (he-features), so the input is the
     slide's own patches, never random numbers.
     """
     import torch
 
-    from histosic.embed.pipeline import resolve_device
+    from histosic.embed.pipeline import autocast, resolve_device
     from histosic.embed.registry import load_model
 
     dev = resolve_device(device)
@@ -147,10 +147,7 @@ def bare_rate(model_name: str, batches: list[Any], device: str) -> float:
     xs = [x.to(dev) for x in batches]
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        half = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        ctx = torch.autocast("cuda", dtype=half)
-    else:
-        ctx = torch.autocast("cpu", enabled=False)
+    ctx = autocast(dev, loaded.info.precision)  # the pipeline's precision for this model
     with torch.inference_mode(), ctx:
         module(xs[0])  # warm-up
         if dev.type == "cuda":

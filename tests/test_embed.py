@@ -420,8 +420,14 @@ def test_readers_leave_the_resize_to_the_gpu() -> None:
     # On CUDA the reader processes (the limit there) skip the PIL resize and the GPU does it,
     # unless reading at the tiling size would more than double the bytes to move.
     from histosic.embed.pipeline import _read_size
+    from histosic.embed.registry import ModelInfo
 
-    assert _read_size(256, 224, torch.device("cpu")) == 224
-    assert _read_size(256, 224, torch.device("cuda")) == 256
-    assert _read_size(256, 128, torch.device("cuda")) == 256
-    assert _read_size(512, 224, torch.device("cuda")) == 224
+    def info(size: int, crop_from: int = 0) -> ModelInfo:
+        return ModelInfo("m", 8, size, (0, 0, 0), (1, 1, 1), "", crop_from=crop_from)
+
+    assert _read_size(256, info(224), torch.device("cpu")) == 224
+    assert _read_size(256, info(224), torch.device("cuda")) == 256
+    assert _read_size(256, info(128), torch.device("cuda")) == 256
+    assert _read_size(512, info(224), torch.device("cuda")) == 224
+    # resize-then-crop models (GigaPath) are read at the resize side, not the crop
+    assert _read_size(512, info(224, crop_from=256), torch.device("cpu")) == 256

@@ -70,6 +70,18 @@ def test_embed_commands_import_lazily() -> None:
     assert r.stdout.strip() == "False"
 
 
+def test_ray_driver_imports_neither_ray_nor_torch() -> None:
+    # ray (an optional extra) loads when a run starts; the driver never needs torch.
+    code = (
+        "import sys\n"
+        "import histosic.embed.ray_run, histosic.embed.ray_report, histosic.commands.embed_ray\n"
+        "import histosic.commands.serve\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'torch'}))\n"
+    )
+    r = _python(code)
+    assert r.stdout.strip() == "[]"
+
+
 def test_clustering_imports_numpy_only() -> None:
     # scikit-learn and scipy load where a step needs them (spreading, PCA, the estimator, the
     # grid steps), not when the package is imported.

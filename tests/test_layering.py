@@ -7,6 +7,7 @@ docs/ARCHITECTURE.md states the rules; this test is what keeps them true:
   ``histosic.service`` or ``histosic.commands``;
 * torch is imported only under ``histosic.embed``, grpc only under ``histosic.service`` (and the
   generated ``histosic.api``), paquo only by ``histosic.batch``;
+* ray only under ``histosic.embed``, and there only inside functions (it is an optional extra);
 * no import circles inside the package (``TYPE_CHECKING`` imports aside);
 * no hand-written module over 700 lines (the generated ``histosic.api`` aside).
 """
@@ -37,6 +38,7 @@ CORE = (
     "histosic.features",
     "histosic.mosaic",
     "histosic.outputs",
+    "histosic.patches",
     "histosic.seeds",
     "histosic.slides",
     "histosic.store",
@@ -60,7 +62,10 @@ ONLY_IN = {
     "timm": ("histosic.embed",),
     "grpc": ("histosic.service", "histosic.api"),
     "paquo": ("histosic.batch",),
+    "ray": ("histosic.embed",),
 }
+#: Optional extras that may be imported only inside functions, never at a module's top level.
+LAZY_ONLY = ("ray",)
 
 
 def module_name(path: Path) -> str:
@@ -157,6 +162,43 @@ def test_third_party_only_where_allowed(graph: dict[str, set[str]]) -> None:
     assert bad == []
 
 
+def top_level_imports(path: Path) -> set[str]:
+    """Modules imported at a module's top level (``if`` and ``try`` blocks included)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    out: set[str] = set()
+
+    def visit(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, ast.Import):
+                out.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                out.add(node.module or "")
+            elif isinstance(node, ast.If) and not _is_type_checking(node):
+                visit(node.body)
+                visit(node.orelse)
+            elif isinstance(node, ast.If):
+                visit(node.orelse)
+            elif isinstance(node, ast.Try):
+                visit(node.body)
+                visit(node.orelse)
+                visit(node.finalbody)
+                for handler in node.handlers:
+                    visit(handler.body)
+
+    visit(tree.body)
+    return out
+
+
+def test_optional_extras_are_imported_lazily() -> None:
+    bad = [
+        f"{name} imports {imp} at the top level"
+        for name, path in sorted(modules().items())
+        for imp in sorted(top_level_imports(path))
+        if _within(imp, LAZY_ONLY)
+    ]
+    assert bad == []
+
+
 def test_no_import_circles(graph: dict[str, set[str]]) -> None:
     internal = {m: {i for i in imps if i in graph and i != m} for m, imps in graph.items()}
     cycles: list[list[str]] = []
@@ -200,3 +242,10 @@ def test_rules_catch_a_violation(tmp_path: Path) -> None:
     )
     found = imports("histosic.seeds", src, {"histosic.embed.pipeline"})
     assert "torch" in found and "histosic.embed.pipeline" in found and "grpc" not in found
+    # A top-level ray import is caught, one inside a function or under TYPE_CHECKING is not.
+    src.write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import ray.actor\n"
+        "try:\n    import ray\nexcept ImportError:\n    pass\n"
+        "def f():\n    from ray import util\n"
+    )
+    assert top_level_imports(src) & {"ray", "ray.actor", "ray.util"} == {"ray"}

@@ -66,13 +66,19 @@ def test_list_models_follows_the_network_on_a_long_running_process(
     first = usable()
     assert not first["resnet18"] and not first["histossl"] and first["he-features"]
     n_probes = len(net.calls)
-    assert n_probes <= 2  # download.pytorch.org and github.com, once each per listing
+    # download.pytorch.org, github.com and huggingface.co (the foundation models), once each
+    assert n_probes <= 3
     net.up = True
     assert usable() == first and len(net.calls) == n_probes  # within the minute: no new probe
     net.now += network.DEFAULT_TTL + 1
     now = usable()
     assert now["resnet18"] and now["histossl"]
     assert "will download" in registry.get_model_info("histossl").reason
+    # online: the ungated foundation models are downloadable (unless HF_HUB_OFFLINE is set)
+    import huggingface_hub.constants as hf
+
+    if not hf.HF_HUB_OFFLINE:
+        assert now["phikon"] and now["kaiko-vits16"]
 
 
 def test_offline_setting_never_probes(
@@ -151,7 +157,8 @@ def test_without_torch_everything_is_listed_and_loading_names_the_extra() -> Non
         "from histosic.errors import ModelUnavailableError\n"
         "ms = r.list_models()\n"
         "assert ms and not any(m.available for m in ms), ms\n"
-        "assert all(r.EMBED_EXTRA in m.reason for m in ms), ms\n"
+        # foundation models name their own extra, which brings histosic[embed] with it
+        "assert all(r.EMBED_EXTRA in m.reason or r.FOUNDATION_EXTRA in m.reason for m in ms), ms\n"
         "for name in ('he-features', 'resnet18', 'timm:resnet18', 'checkpoint:/x.pt'):\n"
         "    try:\n"
         "        r.load_model(name)\n"

@@ -132,11 +132,21 @@ def _healthy(env: Env) -> None:
 
 
 def test_list_models_both_protocols(env: Env) -> None:
-    names = {m.name for m in env.emb.ListModels(embedding_pb2.ListModelsRequest()).models}
+    models = {m.name: m for m in env.emb.ListModels(embedding_pb2.ListModelsRequest()).models}
+    names = set(models)
     assert {"resnet18-random", "handcrafted"} <= names
     status, body = connect_call(env.http_port, "EmbeddingService", "ListModels", {})
     assert status == 200
     assert {m["name"] for m in body["models"]} == names
+    # foundation models: terms, resolution, and why they cannot be used on this offline machine
+    uni = models["uni"]
+    assert uni.dim == 1024 and uni.input_size == 224 and uni.patch_size == 224
+    assert uni.gated and uni.licence.startswith("CC-BY-NC-ND") and uni.mpp == 0.5
+    assert uni.page == "https://huggingface.co/MahmoodLab/UNI" and uni.precision == "float16"
+    if not uni.available:
+        assert "Hugging Face cache" in uni.unavailable_reason or "gated" in uni.unavailable_reason
+    by_name = {m["name"]: m for m in body["models"]}
+    assert by_name["virchow2"]["gated"] is True and by_name["virchow2"]["dim"] == 2560
 
 
 def test_list_embeddings(env: Env) -> None:
@@ -606,6 +616,24 @@ def test_bad_grpc_request(env: Env, case: str) -> None:
         call(env)
     assert err.value.code() == code, err.value.details()
     assert err.value.details()  # a message that says what was wrong
+    _healthy(env)
+
+
+def test_gated_foundation_model_without_token_is_refused_at_the_request(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server runs in this process: the hub looks reachable, no token, nothing cached.
+    from histosic.embed import hub
+
+    monkeypatch.setattr(hub, "offline", lambda: False)
+    monkeypatch.setattr(hub, "token", lambda: None)
+    monkeypatch.setattr(hub, "cached", lambda fm: None)
+    with pytest.raises(grpc.RpcError) as err:
+        _grpc_start(env, model="virchow2")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "gated: request access at https://huggingface.co/paige-ai/Virchow2" in (
+        err.value.details() or ""
+    )
     _healthy(env)
 
 

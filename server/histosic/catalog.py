@@ -18,6 +18,8 @@ from histosic.errors import (
     EmbeddingNotFoundError,
     InvalidInputError,
     PermissionDeniedError,
+    check_name_lengths,
+    shown,
 )
 from histosic.store import EmbeddingMeta, Embeddings, file_fingerprint, read_embeddings, read_meta
 
@@ -131,21 +133,24 @@ class EmbeddingCatalog:
     def by_id(self, embedding_id: str) -> StoredEmbedding:
         """The embedding with this id (its path relative to the store)."""
         if not embedding_id or "\x00" in embedding_id:
-            raise InvalidInputError(f"embedding id {embedding_id!r} is empty or malformed")
+            raise InvalidInputError(f"embedding id {shown(embedding_id)} is empty or malformed")
         rel = PurePosixPath(embedding_id.replace("\\", "/"))
+        check_name_lengths(f"embedding id {shown(embedding_id)}", rel.parts)
         if rel.is_absolute() or ".." in rel.parts:
             raise PermissionDeniedError(
-                f"embedding id {embedding_id!r} is not a name inside the store; use an id from "
-                "ListEmbeddings"
+                f"embedding id {shown(embedding_id)} is not a name inside the store; use an id "
+                "from ListEmbeddings"
             )
         path = (self.store / rel).resolve()
         if self.store not in path.parents:
-            raise PermissionDeniedError(f"embedding id {embedding_id!r} points outside the store")
+            raise PermissionDeniedError(
+                f"embedding id {shown(embedding_id)} points outside the store"
+            )
         entry = self._load(path) if path.is_file() else None
         if entry is None:
             raise EmbeddingNotFoundError(
-                f"no embedding {embedding_id!r} in the server's store; ListEmbeddings shows what "
-                "there is, StartEmbedding makes one"
+                f"no embedding {shown(embedding_id)} in the server's store; ListEmbeddings shows "
+                "what there is, StartEmbedding makes one"
             )
         return entry
 

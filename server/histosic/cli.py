@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -93,10 +94,24 @@ def _run(argv: Sequence[str] | None) -> int:
         return func(args)
     except HistosicError as err:
         print(f"histosic {args.command}: error: {err}", file=sys.stderr)
+        _exit_if_hdf5_is_broken()
         return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"histosic {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _exit_if_hdf5_is_broken() -> None:
+    """End the process now when an HDF5 file failed for want of space (disk full).
+
+    HDF5 cannot close such a file and crashes (a segmentation fault) when the interpreter
+    finalises it, so the process ends here, its error already reported, without finalisers.
+    """
+    store = sys.modules.get("histosic.store")
+    if store is not None and store.unclosable_files():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_ERROR)
 
 
 if __name__ == "__main__":  # pragma: no cover

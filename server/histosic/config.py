@@ -33,7 +33,10 @@ __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_OUTPUT",
     "DEFAULT_POSITIVE_CLASS",
+    "DEFAULT_SHUTDOWN_GRACE_S",
     "ENV_VARS",
+    "MAX_PATCHES_PER_JOB",
+    "MPP_RANGE",
     "OUTPUT_KINDS",
     "Settings",
     "configure",
@@ -52,6 +55,15 @@ DEFAULT_OUTPUT = "tiles"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_GRPC_PORT = 50051
 DEFAULT_CONNECT_PORT = 50052
+#: Resolutions (microns per pixel, level 0 and target) that StartEmbedding and ``embed`` accept:
+#: finer than 0.05 um/px is beyond any light microscope, coarser than 100 um/px is not histology.
+MPP_RANGE: tuple[float, float] = (0.05, 100.0)
+#: Default of ``histosic serve --max-patches-per-job``: the patch grid (before the tissue filter)
+#: a StartEmbedding may ask for. A 100,000 px square slide at 0.25 um/px cut at 0.5 um/px with
+#: 256 px patches and 50% overlap is about 152,000 patches; 40x with 50% overlap about 610,000.
+MAX_PATCHES_PER_JOB = 2_000_000
+#: Default of ``histosic serve --shutdown-grace``: seconds from SIGTERM to a stopped process.
+DEFAULT_SHUTDOWN_GRACE_S = 10.0
 
 #: Every environment variable histosic reads, with what it sets.
 ENV_VARS: dict[str, str] = {

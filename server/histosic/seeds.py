@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from histosic.config import DEFAULT_POSITIVE_CLASS
-from histosic.errors import InvalidInputError
+from histosic.errors import InvalidInputError, shown, shown_list
 from histosic.outputs.qupath_classes import split_class_names
 
 if TYPE_CHECKING:
@@ -207,23 +207,24 @@ def _class_ids(
         return tuple(distinct), pos_id, {n: n for n in distinct}
     if multiclass:
         raise InvalidInputError(
-            f"all usable seeds have the class {distinct[0]!r}; clustering needs seeds of at least "
+            f"all usable seeds have the class {shown(distinct[0])}; clustering needs seeds of at "
+            "least "
             "two classes: add points on tissue of another class"
         )
     # The positive class may be named by a seed class or a class a seed class derives from.
     pos = _resolve_name(positive, _ancestors(distinct))
     if pos is None:
         raise InvalidInputError(
-            f"no usable seed has the positive class {positive!r} (or a class derived from it); "
-            f"the seed classes are {distinct}. Pass the positive class with --positive NAME "
-            "(positive=...), or ask for multi-class clustering with --multiclass"
+            f"no usable seed has the positive class {shown(positive)} (or a class derived from "
+            f"it); the seed classes are {shown_list(distinct)}. Pass the positive class with "
+            "--positive NAME (positive=...), or ask for multi-class clustering with --multiclass"
         )
     negatives = [n for n in distinct if not _derives_from(n, pos)]
     if not negatives:
         raise InvalidInputError(
-            f"all usable seeds have the class {pos!r} (or a class derived from it: "
-            f"{distinct}); binary clustering needs seeds of at least one other class too (e.g. "
-            f"'Stroma' or 'Other'): add a few points on tissue that is not {pos!r}"
+            f"all usable seeds have the class {shown(pos)} (or a class derived from it: "
+            f"{shown_list(distinct)}); binary clustering needs seeds of at least one other class "
+            f"too (e.g. 'Stroma' or 'Other'): add a few points on tissue that is not {shown(pos)}"
         )
     negative_name = _negative_name(negatives, pos)
     mapping = {n: (pos if _derives_from(n, pos) else negative_name) for n in distinct}
@@ -355,7 +356,8 @@ def map_seeds(
             ignored.append(
                 IgnoredSeed(
                     p,
-                    f"conflicting classes: patch {i} is also seeded with {sorted(others)}",
+                    f"conflicting classes: patch {i} is also seeded with "
+                    f"{shown_list(sorted(others))}",
                     at,
                 )
             )

@@ -22,6 +22,7 @@ from PIL import Image
 
 from histosic.errors import (
     CorruptFileError,
+    HistosicError,
     InvalidInputError,
     SlideNotFoundError,
     UnknownResolutionError,
@@ -359,6 +360,15 @@ def _open_tiffslide(path: Path, mpp: float | None) -> Slide | None:
         value, source = _resolve_mpp(path, found, source, mpp)
         dims = tuple((int(w), int(h)) for w, h in handle.level_dimensions)
         downs = tuple(float(d) for d in handle.level_downsamples)
+    except HistosicError:
+        handle.close()
+        raise
+    except Exception as err:  # a truncated or damaged TIFF: tiffslide fails anywhere in here
+        handle.close()
+        raise CorruptFileError(
+            f"slide {path} is damaged or truncated: its TIFF structure cannot be read "
+            f"({type(err).__name__}: {' '.join(str(err).split())[:120]}); copy the file again"
+        ) from err
     except BaseException:
         handle.close()
         raise

@@ -18,10 +18,13 @@ resume a killed run from its ``.partial`` file.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
 import os
+import re
+import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,7 +37,12 @@ import numpy as np
 import numpy.typing as npt
 
 from histosic import __version__
-from histosic.errors import CorruptFileError, EmbeddingNotFoundError, InvalidInputError
+from histosic.errors import (
+    CorruptFileError,
+    DiskFullError,
+    EmbeddingNotFoundError,
+    InvalidInputError,
+)
 
 __all__ = [
     "PARTIAL_SUFFIX",
@@ -45,6 +53,7 @@ __all__ = [
     "partial_path",
     "read_embeddings",
     "read_meta",
+    "unclosable_files",
     "write_embeddings",
 ]
 
@@ -117,6 +126,7 @@ class EmbeddingMeta:
             "slide_fingerprint": self.slide_fingerprint,
             "model": self.model,
             "weights_hash": self.weights_hash,
+            "mpp": round(self.mpp, 6),
             "target_mpp": round(self.target_mpp, 6),
             "patch_size": self.patch_size,
             "overlap": round(self.overlap, 6),
@@ -207,6 +217,51 @@ def _interop_attrs(meta: EmbeddingMeta) -> dict[str, Any]:
     }
 
 
+# Writers whose HDF5 file failed for want of space: HDF5 cannot close such a file (closing writes
+# its metadata again, fails, and the library then crashes), so the object is kept, never closed.
+_UNCLOSABLE: list[Any] = []
+
+
+def unclosable_files() -> int:
+    """How many HDF5 files of this process could not be written for want of space.
+
+    HDF5 crashes when such a file is finalised (at interpreter exit too), so a process with any
+    should end with ``os._exit`` after reporting its error; ``histosic`` (the CLI) does.
+    """
+    return len(_UNCLOSABLE)
+
+
+def _is_disk_full(err: BaseException) -> bool:
+    return getattr(err, "errno", None) == errno.ENOSPC or "No space left on device" in str(err)
+
+
+def _disk_full(path: Path, needed: int) -> DiskFullError:
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    return DiskFullError(
+        f"No space left on device: {path.name} needs about {needed / 2**20:.1f} MiB in "
+        f"{path.parent} ({free}); free some space or choose another --out"
+    )
+
+
+def _reserve(path: Path, size: int) -> None:
+    """Allocate ``size`` bytes of ``path`` on disk now, so that a disk that fills later cannot
+    make HDF5 fail half-way (filesystems without ``fallocate`` are left as they are)."""
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is None:
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fallocate(fd, 0, size)
+    except OSError as err:
+        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    finally:
+        os.close(fd)
+
+
 def _write_attrs(obj: h5py.HLObject, attrs: Mapping[str, Any]) -> None:
     for key, value in attrs.items():
         obj.attrs[key] = value
@@ -256,6 +311,7 @@ class EmbeddingWriter:
         self.dtype = dtype
         self.n_done = 0
         self._file: h5py.File | None = None
+        self._handles: list[Any] = []
         self._open(resume)
 
     def _open(self, resume: bool) -> None:
@@ -272,6 +328,7 @@ class EmbeddingWriter:
                 if same:
                     self._file = f
                     self.n_done = int(f.attrs.get("n_done", 0))
+                    self._reserve()
                     log.info(
                         "resuming %s at patch %d of %d", self.partial, self.n_done, self.n_total
                     )
@@ -281,7 +338,13 @@ class EmbeddingWriter:
             except (OSError, KeyError, ValueError) as err:
                 log.warning("partial file %s is unreadable (%s); starting over", self.partial, err)
         self.partial.unlink(missing_ok=True)
-        f = h5py.File(self.partial, "w")
+        try:
+            f = h5py.File(self.partial, "w")
+        except OSError as err:
+            if not _is_disk_full(err):
+                raise
+            self.partial.unlink(missing_ok=True)
+            raise _disk_full(self.partial, self.expected_bytes) from err
         chunk_rows = max(1, min(self.n_total, (1 << 20) // max(self.dim * 4, 1)))
         f.create_dataset(
             "features",
@@ -290,6 +353,10 @@ class EmbeddingWriter:
             chunks=(chunk_rows, self.dim) if self.n_total else None,
         )
         coords = f.create_dataset("coords", data=self.coords)
+        # Where Trident records the encoder of a feature file (and reads it back).
+        _write_attrs(
+            f["features"], {"encoder": self.meta.model, "name": Path(self.meta.slide_path).stem}
+        )
         f.create_dataset("tissue_fraction", shape=(self.n_total,), dtype="float32")
         f.create_dataset("white_fraction", shape=(self.n_total,), dtype="float32")
         meta_attrs = _meta_attrs(self.meta)
@@ -302,6 +369,34 @@ class EmbeddingWriter:
         f.attrs["n_done"] = 0
         f.flush()
         self._file = f
+        self._reserve()
+
+    @property
+    def expected_bytes(self) -> int:
+        """About the size of the finished file: the arrays, 2% for HDF5's indexes, 1 MiB more."""
+        item = 2 if self.dtype == "float16" else 4
+        arrays = self.n_total * (self.dim * item + 2 * 8 + 2 * 4)
+        return int(arrays * 1.02) + (1 << 20)
+
+    def _reserve(self) -> None:
+        """Reserve the finished file's size on disk; a disk without room fails here, cleanly."""
+        try:
+            _reserve(self.partial, self.expected_bytes)
+        except OSError as err:
+            if not _is_disk_full(err):
+                raise
+            self.discard()
+            raise _disk_full(self.partial, self.expected_bytes) from err
+
+    def _failed_write(self, err: BaseException) -> DiskFullError | None:
+        """A disk-full error for ``err`` (and the file put beyond closing), or None."""
+        if not _is_disk_full(err):
+            return None
+        if self._file is not None:
+            _UNCLOSABLE.append(self._file)
+            _UNCLOSABLE.extend(self._handles)
+            self._file = None
+        return _disk_full(self.partial, self.expected_bytes)
 
     def write(
         self,
@@ -321,12 +416,21 @@ class EmbeddingWriter:
                 f"({self.n_total}, {self.dim})"
             )
         f = self._file
-        f["features"][start:stop] = feats.astype(self.dtype, copy=False)
-        f["tissue_fraction"][start:stop] = np.asarray(tissue_fraction, dtype=np.float32)
-        f["white_fraction"][start:stop] = np.asarray(white_fraction, dtype=np.float32)
+        # Dataset handles are held in a list so that none is freed while a write fails: HDF5
+        # cannot free a handle of a file it failed to write (see _UNCLOSABLE).
+        handles = self._handles = [f["features"], f["tissue_fraction"], f["white_fraction"]]
+        try:
+            handles[0][start:stop] = feats.astype(self.dtype, copy=False)
+            handles[1][start:stop] = np.asarray(tissue_fraction, dtype=np.float32)
+            handles[2][start:stop] = np.asarray(white_fraction, dtype=np.float32)
+            f.attrs["n_done"] = stop
+            f.flush()
+        except (OSError, RuntimeError) as err:
+            full = self._failed_write(err)
+            if full is None:
+                raise
+            raise full from err
         self.n_done = stop
-        f.attrs["n_done"] = stop
-        f.flush()
 
     def finish(self) -> Path:
         """Mark the file complete and rename it to its final name."""
@@ -334,15 +438,22 @@ class EmbeddingWriter:
             raise RuntimeError("writer is closed")
         if self.n_done != self.n_total:
             raise RuntimeError(f"only {self.n_done} of {self.n_total} patches written")
-        self._file.attrs["complete"] = True
-        self._file.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        self._file.close()
+        try:
+            self._file.attrs["complete"] = True
+            self._file.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            self._file.close()
+        except (OSError, RuntimeError) as err:
+            full = self._failed_write(err)
+            if full is None:
+                raise
+            raise full from err
         self._file = None
         os.replace(self.partial, self.path)
         return self.path
 
     def close(self) -> None:
         """Close without finishing; the partial file stays for a resume."""
+        self._handles = []
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -396,7 +507,11 @@ def _attr(attrs: Mapping[str, Any], key: str, default: Any = None) -> Any:
 
 
 def _meta_from_attrs(
-    root: Mapping[str, Any], coords_attrs: Mapping[str, Any], path: Path
+    root: Mapping[str, Any],
+    coords_attrs: Mapping[str, Any],
+    path: Path,
+    features_attrs: Mapping[str, Any] | None = None,
+    coords: npt.NDArray[Any] | None = None,
 ) -> EmbeddingMeta:
     if _attr(root, "format") == FORMAT_NAME:
         kwargs: dict[str, Any] = {}
@@ -409,22 +524,67 @@ def _meta_from_attrs(
             # Files written before the fix above stored Trident's pixel overlap over the fraction.
             kwargs["overlap"] = float(_attr(root, "overlap_fraction"))
         return EmbeddingMeta(**kwargs)
-    # A Trident or CLAM file: recover what its attributes allow.
+    return _foreign_meta(root, coords_attrs, features_attrs or {}, coords, path)
+
+
+def _stride_from_coords(coords: npt.NDArray[Any] | None) -> int:
+    """The grid step of a patch file: the smallest positive gap between x on one row (0: none)."""
+    if coords is None or len(coords) < 2:
+        return 0
+    xy = np.asarray(coords).reshape(-1, 2).astype(np.int64)
+    order = np.lexsort((xy[:, 0], xy[:, 1]))
+    xy = xy[order]
+    same_row = xy[1:, 1] == xy[:-1, 1]
+    gaps = (xy[1:, 0] - xy[:-1, 0])[same_row]
+    gaps = gaps[gaps > 0]
+    return int(gaps.min()) if gaps.size else 0
+
+
+def _foreign_meta(
+    root: Mapping[str, Any],
+    coords_attrs: Mapping[str, Any],
+    features_attrs: Mapping[str, Any],
+    coords: npt.NDArray[Any] | None,
+    path: Path,
+) -> EmbeddingMeta:
+    """What a Trident or CLAM file's attributes (and its coordinates) say.
+
+    Trident: ``patch_size`` (target px), ``patch_size_level0``, ``level0_magnification``,
+    ``target_magnification``, ``overlap`` (px) on /coords; ``encoder`` and ``name`` on /features.
+    CLAM (``create_patches_fp.py``): ``patch_size`` and ``patch_level`` with ``downsample`` (the
+    level's downsample per axis) and ``custom_downsample`` on /coords, so the level-0 side is
+    ``patch_size * downsample * custom_downsample``; CLAM writes no overlap, so the step comes
+    from the coordinates.
+    """
     merged = {**dict(root), **dict(coords_attrs)}
     patch_size = int(_attr(merged, "patch_size", 256))
     level0_mag = float(_attr(merged, "level0_magnification", 0) or 0)
     target_mag = float(_attr(merged, "target_magnification", 0) or 0)
     patch_size_level0 = int(_attr(merged, "patch_size_level0", 0) or 0)
+    source = "trident" if patch_size_level0 or "target_magnification" in merged else "clam"
     if not patch_size_level0:
-        # CLAM: patch_size is at patch_level with a downsample we do not know; assume level 0.
-        patch_size_level0 = patch_size
+        downsample = merged.get("downsample")
+        factor = float(np.asarray(downsample).reshape(-1)[0]) if downsample is not None else 1.0
+        factor *= float(_attr(merged, "custom_downsample", 1) or 1)
+        patch_size_level0 = int(round(patch_size * factor))
     mpp = float(_attr(merged, "mpp", 0) or 0) or (10.0 / level0_mag if level0_mag else 0.0)
     target_mpp = 10.0 / target_mag if target_mag else mpp * patch_size_level0 / max(patch_size, 1)
-    overlap_px = float(_attr(merged, "overlap", 0) or 0)
-    overlap = overlap_px / patch_size if overlap_px >= 1 else overlap_px
-    stride = max(1, int(round(patch_size_level0 * (1 - overlap))))
+    if "overlap" in merged:
+        overlap_px = float(_attr(merged, "overlap", 0) or 0)
+        overlap = overlap_px / patch_size if overlap_px >= 1 else overlap_px
+        stride = max(1, int(round(patch_size_level0 * (1 - overlap))))
+    else:
+        stride = _stride_from_coords(coords) or patch_size_level0
+        overlap = max(0.0, 1.0 - stride / max(patch_size_level0, 1))
+    encoder = (
+        _attr(features_attrs, "encoder", "")
+        or _attr(merged, "encoder", "")
+        or _attr(merged, "model", "")
+        or "unknown"
+    )
+    name = _attr(merged, "name", "") or _attr(features_attrs, "name", "") or path.stem
     return EmbeddingMeta(
-        slide_path=str(_attr(merged, "name", path.stem)),
+        slide_path=str(name),
         slide_fingerprint="",
         level0_width=int(_attr(merged, "level0_width", 0) or 0),
         level0_height=int(_attr(merged, "level0_height", 0) or 0),
@@ -434,8 +594,8 @@ def _meta_from_attrs(
         patch_size_level0=patch_size_level0,
         stride_level0=stride,
         overlap=overlap,
-        model=str(_attr(merged, "encoder", "") or _attr(merged, "model", "") or "unknown"),
-        extra={"source_format": "trident/clam"},
+        model=str(encoder),
+        extra={"source_format": source},
     )
 
 
@@ -449,12 +609,24 @@ def _open_h5(path: str | os.PathLike[str]) -> h5py.File:
             else ""
         )
         raise EmbeddingNotFoundError(f"embedding file {p} does not exist{hint}")
+    if p.is_dir():
+        raise InvalidInputError(f"{p} is a folder, not an embedding file: give the .h5 file")
     try:
         return h5py.File(p, "r")
     except OSError as err:
         raise CorruptFileError(
-            f"{p} is not a readable HDF5 embedding file ({err}); re-create it with `histosic embed`"
+            f"{p} is not a readable HDF5 embedding file ({_h5_reason(err)}); re-create it with "
+            "`histosic embed`"
         ) from err
+
+
+def _h5_reason(err: OSError) -> str:
+    """The gist of an h5py error, in one line (HDF5's own text spans lines and fields)."""
+    text = str(err)
+    found = re.search(r"error message = '([^']*)'", text)
+    if found:
+        return found.group(1)
+    return " ".join(text.split())[:200]
 
 
 def read_meta(path: str | os.PathLike[str]) -> EmbeddingMeta:
@@ -462,7 +634,10 @@ def read_meta(path: str | os.PathLike[str]) -> EmbeddingMeta:
     with _open_h5(path) as f:
         if "coords" not in f:
             raise CorruptFileError(f"{path} has no 'coords' dataset: not an embedding file")
-        return _meta_from_attrs(f.attrs, f["coords"].attrs, Path(path))
+        foreign = _attr(f.attrs, "format") != FORMAT_NAME
+        coords = f["coords"][()] if foreign else None
+        feats = f["features"].attrs if "features" in f else None
+        return _meta_from_attrs(f.attrs, f["coords"].attrs, Path(path), feats, coords)
 
 
 def read_embeddings(path: str | os.PathLike[str], *, dtype: str | None = "float32") -> Embeddings:
@@ -499,7 +674,7 @@ def read_embeddings(path: str | os.PathLike[str], *, dtype: str | None = "float3
             white = f["white_fraction"][()] if "white_fraction" in f else None
         except (OSError, KeyError) as err:
             raise CorruptFileError(f"{p} is truncated or damaged ({err}); re-create it") from err
-        meta = _meta_from_attrs(f.attrs, f["coords"].attrs, p)
+        meta = _meta_from_attrs(f.attrs, f["coords"].attrs, p, f["features"].attrs, coords)
     # Trident stores (1, n, dim) in some versions.
     if features.ndim == 3 and features.shape[0] == 1:
         features = features[0]

@@ -17,11 +17,11 @@ import numpy.typing as npt
 from histosic.cluster.kmeans import centroid_confidence
 from histosic.cluster.methods import DISPATCH, Problem
 from histosic.cluster.metrics import make_metric
-from histosic.cluster.options import ClusterOptions, ClusterOverrides
+from histosic.cluster.options import ClusterOptions, ClusterOverrides, check_class_count
 from histosic.cluster.preprocess import apply_preprocess
 from histosic.cluster.result import ClusterResult, Step
 from histosic.cluster.validation import check_features, check_seeds
-from histosic.errors import InvalidInputError
+from histosic.errors import InvalidInputError, shown
 
 __all__ = ["seeded_clustering"]
 
@@ -67,8 +67,10 @@ def seeded_clustering(
     Raises
     ------
     InvalidInputError
-        NaN/inf in X, wrong shapes, fewer than two seeded classes, a positive class that is not
-        seeded, fewer patches than clusters, unknown method/metric/stop.
+        NaN/inf in X, wrong shapes, fewer than two or more than ``MAX_CLASSES`` seeded classes, a
+        positive class that is not seeded, fewer patches than clusters, unknown method/metric/stop.
+    ResourceExhaustedError
+        A ``logreg`` problem over ``MAX_LOGREG_SIZE`` (:mod:`histosic.cluster.options`).
 
     Notes
     -----
@@ -92,6 +94,7 @@ def seeded_clustering(
             f"at least two seeded classes are needed, found {found}; "
             "place seeds of the positive class and of at least one other class"
         )
+    check_class_count(len(classes))
     if n < len(classes):
         raise InvalidInputError(
             f"n_patches={n} is smaller than the number of clusters {len(classes)}"
@@ -99,7 +102,7 @@ def seeded_clustering(
     if len(classes) == 2:
         if positive is None or positive not in classes:
             raise InvalidInputError(
-                f"positive class {positive!r} has no seeds; seeded classes are {list(classes)}"
+                f"positive class {shown(positive)} has no seeds; seeded classes are {list(classes)}"
             )
         pos: int | None = int(positive)
     else:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 from histosic import config
-from histosic.errors import InvalidInputError
+from histosic.errors import InvalidInputError, ResourceExhaustedError, shown
 
 #: A score of predicted against true class ids (higher is better): ``metric(true, pred)``, both
 #: int64 arrays of the seed patches (typed loosely here: this module imports no numpy).
@@ -26,6 +26,9 @@ Metric = Callable[[Any, Any], float]
 
 __all__ = [
     "DEFAULT_METHOD",
+    "MAX_CLASSES",
+    "MAX_LOGREG_SIZE",
+    "MAX_SEEDS",
     "MAX_SMOOTH_RADIUS",
     "MAX_SUGGEST",
     "METHODS",
@@ -37,6 +40,9 @@ __all__ = [
     "ClusterOverrides",
     "Metric",
     "Preprocess",
+    "check_class_count",
+    "check_random_state",
+    "check_seed_count",
 ]
 
 #: The clustering methods (:data:`histosic.cluster.methods.DISPATCH` runs each), in the order the
@@ -48,6 +54,13 @@ DEFAULT_METHOD = "logreg"
 METRICS: tuple[str, ...] = ("f1", "accuracy", "balanced_accuracy", "mcc")
 #: The most suggested seeds one clustering may ask for.
 MAX_SUGGEST = 10_000
+#: The most seed points one clustering takes (more: ResourceExhaustedError, RESOURCE_EXHAUSTED).
+MAX_SEEDS = 100_000
+#: The most seeded classes one clustering takes (more: InvalidInputError, INVALID_ARGUMENT).
+MAX_CLASSES = 50
+#: The largest ``logreg`` problem: seeded patches x min(seeded patches, features) x classes (1 for
+#: two classes), which bounds its memory and its time per step (more: ResourceExhaustedError).
+MAX_LOGREG_SIZE = 50_000_000
 #: The largest grid smoothing radius (a (2r+1)^2 neighbourhood; larger blurs tissue regions away).
 MAX_SMOOTH_RADIUS = 16
 #: The stopping rules of SIC.
@@ -139,6 +152,11 @@ class ClusterOptions:
     max_iter : int, default=100
         Lloyd iterations per k-means split.
 
+    Limits (module constants, the same for every caller): at most :data:`MAX_SEEDS` seed points,
+    :data:`MAX_CLASSES` seeded classes and, for ``logreg``, :data:`MAX_LOGREG_SIZE` (seeded
+    patches x min(seeded patches, features) x classes); ``docs/SERVER.md`` lists each with its
+    error.
+
     Raises
     ------
     InvalidInputError
@@ -163,19 +181,19 @@ class ClusterOptions:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise InvalidInputError(
-                f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}"
+                f"unknown method {shown(self.method)}; choose one of {', '.join(METHODS)}"
             )
         if not callable(self.metric) and self.metric not in METRICS:
             raise InvalidInputError(
-                f"unknown metric {self.metric!r}; use {', '.join(repr(m) for m in METRICS)} or a "
-                "callable"
+                f"unknown metric {shown(self.metric)}; use "
+                f"{', '.join(repr(m) for m in METRICS)} or a callable"
             )
         if self.stop not in STOPS:
-            raise InvalidInputError(f"stop must be 'drop' or 'strict', got {self.stop!r}")
+            raise InvalidInputError(f"stop must be 'drop' or 'strict', got {shown(self.stop)}")
         if self.output not in OUTPUTS:
             raise InvalidInputError(
                 f"output (geojson in the API) must be one of {', '.join(OUTPUTS)}, got "
-                f"{self.output!r}"
+                f"{shown(self.output)}"
             )
         if not self.positive_class.strip():
             raise InvalidInputError(
@@ -197,10 +215,8 @@ class ClusterOptions:
             )
         if self.max_iter < 1:
             raise InvalidInputError(f"max_iter must be >= 1, got {self.max_iter}")
-        if self.random_state is not None and not 0 <= self.random_state < _MAX_SEED:
-            raise InvalidInputError(
-                f"random_state must be in [0, 2**32) or None, got {self.random_state}"
-            )
+        if self.random_state is not None:
+            check_random_state(self.random_state)
         p = self.preprocess
         if not 0 <= p.smooth_radius <= MAX_SMOOTH_RADIUS:
             raise InvalidInputError(
@@ -211,6 +227,34 @@ class ClusterOptions:
             raise InvalidInputError(
                 f"pca_components must be >= 1 (or None for no PCA), got {p.pca_components}"
             )
+
+
+def check_random_state(value: int) -> int:
+    """``value`` when it is a seed numpy's RandomState takes (0 to 2**32 - 1), else
+    InvalidInputError."""
+    if not 0 <= value < _MAX_SEED:
+        raise InvalidInputError(
+            f"random_state must be in [0, 2**32) or None, got {value}; use a number from 0 to "
+            f"{_MAX_SEED - 1}"
+        )
+    return value
+
+
+def check_seed_count(n_seeds: int) -> None:
+    """Refuse more than :data:`MAX_SEEDS` seed points (ResourceExhaustedError)."""
+    if n_seeds > MAX_SEEDS:
+        raise ResourceExhaustedError(
+            f"{n_seeds} seed points given; at most {MAX_SEEDS} are accepted: send fewer points"
+        )
+
+
+def check_class_count(n_classes: int) -> None:
+    """Refuse more than :data:`MAX_CLASSES` seeded classes (InvalidInputError)."""
+    if n_classes > MAX_CLASSES:
+        raise InvalidInputError(
+            f"{n_classes} seeded classes; at most {MAX_CLASSES} are accepted: merge classes or "
+            "cluster groups of them separately"
+        )
 
 
 class ClusterOverrides(TypedDict, total=False):

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from histosic.cluster.engine import seeded_clustering
-from histosic.cluster.options import ClusterOptions, ClusterOverrides
+from histosic.cluster.options import ClusterOptions, ClusterOverrides, check_seed_count
 from histosic.cluster.result import ClusterResult
 from histosic.cluster.suggest import suggest_seeds
 from histosic.seeds import SeedMapping, SeedPoint, map_seeds
@@ -127,11 +127,15 @@ def cluster_slide(
     Raises
     ------
     InvalidInputError
-        No usable seed, fewer than two classes, unknown method, bad features.
+        No usable seed, fewer than two or more than ``MAX_CLASSES`` classes, unknown method, bad
+        features.
+    ResourceExhaustedError
+        More than ``MAX_SEEDS`` points, or a ``logreg`` problem over ``MAX_LOGREG_SIZE``.
     """
     opts = ClusterOptions() if options is None else options
     if overrides:
         opts = dataclasses.replace(opts, **overrides)
+    check_seed_count(len(points))
     start = time.perf_counter()
     mapping = map_seeds(emb, points, positive=opts.positive_class, multiclass=opts.multiclass)
     grid = emb.grid_index()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -10,7 +12,61 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from histosic.cluster.options import ClusterOptions
 
-__all__ = ["add_cluster_options", "add_device", "add_slides", "cluster_options"]
+__all__ = [
+    "add_cluster_options",
+    "add_device",
+    "add_slides",
+    "check_outputs_not_inputs",
+    "cluster_options",
+    "random_state",
+]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (links and ``..`` resolved; a missing path compares by
+    its resolved name)."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_outputs_not_inputs(
+    outputs: Mapping[str, Path | None], inputs: Mapping[str, Path | None]
+) -> None:
+    """Refuse an output path that is one of the inputs (``--overwrite`` would replace it).
+
+    ``outputs`` and ``inputs`` map a flag (``--out``, ``--seeds``) to its path (None = not
+    given).
+
+    Raises
+    ------
+    InvalidInputError
+        An output names the same file as an input.
+    """
+    from histosic.errors import InvalidInputError
+
+    for out_flag, out in outputs.items():
+        for in_flag, src in inputs.items():
+            if out is not None and src is not None and _same_file(out, src):
+                raise InvalidInputError(
+                    f"{out_flag} {out} is the input file of {in_flag}; write the output to "
+                    "another file (the input would be replaced)"
+                )
+
+
+def random_state(text: str) -> int:
+    """argparse type of ``--random-state``: an integer from 0 to 2**32 - 1 (numpy's seeds), so a
+    bad value is a one-line usage error, not a traceback from deep inside numpy."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"{value} is outside 0 .. {2**32 - 1}")
+    return value
 
 
 def add_slides(p: argparse.ArgumentParser) -> None:
@@ -80,7 +136,7 @@ def add_cluster_options(
     if raw_features_and_seed:
         p.add_argument(
             "--random-state",
-            type=int,
+            type=random_state,
             default=defaults.random_state,
             help="seed (default: %(default)s)",
         )

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from histosic.commands._args import add_cluster_options, cluster_options
+from histosic.commands._args import add_cluster_options, check_outputs_not_inputs, cluster_options
 
 if TYPE_CHECKING:
     from histosic.cluster import ClusterOptions, SlideClustering
@@ -60,9 +61,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--server",
         default=None,
-        metavar="HOST:PORT",
+        metavar="URL",
         help="cluster on a histosic server instead of locally (the embedding file is then a "
-        "name the server knows)",
+        "name the server knows): HOST:PORT or grpc://HOST:PORT (gRPC), grpcs://HOST:PORT (gRPC "
+        "over TLS), https://HOST:PORT or http://HOST:PORT (the Connect port)",
+    )
+    p.add_argument(
+        "--tls-ca",
+        type=Path,
+        default=None,
+        metavar="PEM",
+        help="with --server: the CA (or self-signed) certificate the server's TLS certificate "
+        "must chain to (default: the system's trusted authorities)",
     )
     p.set_defaults(func=run)
 
@@ -74,6 +84,10 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     options = cluster_options(args)  # bad flag values first: they need no file
+    check_outputs_not_inputs(
+        {"--out": args.out, "--overlay": args.overlay, "--labels-csv": args.labels_csv},
+        {"the embedding file": args.embeddings, "--seeds": args.seeds, "--slide": args.slide},
+    )
     # Inputs first, so a typo in an input path is reported before an existing output is.
     seed_file = read_seeds(args.seeds)
     if not args.server:
@@ -98,6 +112,13 @@ def run(args: argparse.Namespace) -> int:
 
     t_read = time.perf_counter()
     emb = read_embeddings(args.embeddings)
+    if options.preprocess.regress_nuisance:
+        from histosic.patches import complete_fractions
+
+        # Trident and CLAM files carry no tissue or white fractions: compute them from the slide.
+        emb, note = complete_fractions(emb, args.slide)
+        if note:
+            print(note, file=sys.stderr)
     read_s = time.perf_counter() - t_read
     clustering = cluster_slide(emb, seed_file.points, options)
     print(clustering.summary())
@@ -142,6 +163,7 @@ def _run_remote(args: argparse.Namespace, seed_file: SeedFile, options: ClusterO
         seed_file.points,
         options,
         token=config.current().token,
+        tls_ca=args.tls_ca,
     )
     print(remote.summary())
     if remote.geojson is None:

@@ -6,6 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+from histosic.commands._args import check_outputs_not_inputs, random_state
+
 __all__ = ["register", "run"]
 
 
@@ -30,7 +32,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="UMAP is fitted on at most this many patches, the rest placed by neighbours "
         "(default 5000)",
     )
-    p.add_argument("--random-state", type=int, default=0)
+    p.add_argument("--random-state", type=random_state, default=0)
     p.add_argument("--slide", type=Path, default=None, help="slide for the PNG background")
     p.add_argument("--max-size", type=int, default=2048, help="PNG longer side (default 2048)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -48,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out is None and args.png is None:
         raise InvalidInputError("nothing to write: give --out FILE.geojson and/or --png FILE.png")
+    check_outputs_not_inputs(
+        {"--out": args.out, "--png": args.png},
+        {"the embedding file": args.embeddings, "--slide": args.slide},
+    )
     for path in (args.out, args.png):
         if path is not None and path.exists() and not args.overwrite:
             raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from histosic.commands._args import add_device, add_slides
+from histosic.commands._args import add_device, add_slides, check_outputs_not_inputs
 from histosic.config import DEFAULT_MODEL
 
 __all__ = ["register", "run"]
@@ -38,15 +38,30 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=DEFAULT_MODEL,
         help="backbone: resnet18, resnet50, histossl, efficientnet-lite0, he-features, "
         f"handcrafted, resnet18-random, timm:<name>, checkpoint:<path> (default: {DEFAULT_MODEL}, "
-        "which needs no download and scored best in docs/EVALUATION.md)",
+        "which needs no download and scored best in docs/EVALUATION.md), or a pathology "
+        "foundation model (uni, virchow2, h-optimus-0, ...: `histosic models`, docs/MODELS.md)",
+    )
+    p.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the model's weights: a file, or a folder laid out as the Hugging Face cache "
+        "(for foundation models and histossl; no download)",
     )
     p.add_argument(
         "--mpp",
         type=float,
-        default=0.5,
-        help="target microns per pixel of the patches (default 0.5, i.e. 20x)",
+        default=None,
+        help="target microns per pixel of the patches (default: the model's training "
+        "resolution, else 0.5, i.e. 20x)",
     )
-    p.add_argument("--patch-size", type=int, default=256, help="patch side in pixels (default 256)")
+    p.add_argument(
+        "--patch-size",
+        type=int,
+        default=None,
+        help="patch side in pixels (default: the side the model sees unresampled, else 256)",
+    )
     p.add_argument(
         "--overlap", type=float, default=0.5, help="overlap of neighbouring patches (default 0.5)"
     )
@@ -81,6 +96,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="re-embed slides whose output exists (and ignore unfinished runs)",
     )
+    from histosic.commands.embed_ray import add_ray_flags
+
+    add_ray_flags(p)
     p.set_defaults(func=run)
 
 
@@ -115,22 +133,30 @@ class _Bar:
 
 def run(args: argparse.Namespace) -> int:
     from histosic.embed.pipeline import embed_slide
+    from histosic.embed.registry import get_model_info, with_weights
     from histosic.errors import HistosicError, InvalidInputError
     from histosic.slides import TissueConfig
     from histosic.tiling import TilingConfig
 
+    model = with_weights(args.model, args.weights) if args.weights else args.model
+    info = get_model_info(model, check=False)
     tiling = TilingConfig(
-        target_mpp=args.mpp,
-        patch_size=args.patch_size,
+        target_mpp=args.mpp if args.mpp is not None else (info.mpp or 0.5),
+        patch_size=args.patch_size if args.patch_size is not None else (info.patch_size or 256),
         overlap=args.overlap,
         tissue_threshold=args.tissue_threshold,
     ).validate()
     tissue = TissueConfig(method=args.tissue_method)
     out: Path = args.out
+    check_outputs_not_inputs({"--out": out}, {f"slide {s}": s for s in args.slides})
     if len(args.slides) > 1 and out.suffix.lower() in (".h5", ".hdf5"):
         raise InvalidInputError(
             f"--out {out} is a file name but {len(args.slides)} slides were given; give a folder"
         )
+    if getattr(args, "ray", None) is not None:
+        from histosic.commands.embed_ray import run_ray
+
+        return run_ray(args, tiling, tissue)
     failed = 0
     quiet = bool(getattr(args, "quiet", False))
     for slide in args.slides:
@@ -139,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
             path = embed_slide(
                 slide,
                 out,
-                model=args.model,
+                model=model,
                 tiling=tiling,
                 slide_mpp=args.slide_mpp,
                 batch_size=args.batch_size,

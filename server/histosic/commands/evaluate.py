@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from histosic.commands._args import random_state
 from histosic.config import DEFAULT_MODEL
 
 __all__ = ["register", "run"]
@@ -78,7 +79,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=None,
         help="embedding cache (default: $HISTOSIC_CACHE or ~/.cache/histosic/eval)",
     )
-    p.add_argument("--random-state", type=int, default=0)
+    p.add_argument("--random-state", type=random_state, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument(
         "--seed-draw",

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from histosic.commands._args import add_device, add_slides
+from histosic.commands._args import add_device, add_slides, check_outputs_not_inputs
 
 __all__ = ["register", "run"]
 
@@ -89,6 +89,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     from histosic.embed.pretrain import PretrainConfig, collect_regions, pretrain_simclr
 
+    check_outputs_not_inputs({"--out": args.out}, {f"slide {s}": s for s in args.slides})
     config = PretrainConfig(
         arch=args.arch,
         target_mpp=args.mpp,

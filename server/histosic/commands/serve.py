@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from histosic.service.jobs import EmbedFunction
+
+from histosic.config import DEFAULT_SHUTDOWN_GRACE_S, MAX_PATCHES_PER_JOB
 
 __all__ = ["register", "run"]
 
@@ -85,6 +92,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--max-queue", type=int, default=64, help="embedding jobs that may wait (default: 64)"
     )
     p.add_argument(
+        "--max-patches-per-job",
+        type=int,
+        default=MAX_PATCHES_PER_JOB,
+        metavar="N",
+        help="largest patch grid (before the tissue filter) a StartEmbedding may ask for; more "
+        "is refused with RESOURCE_EXHAUSTED and the count (default: %(default)s)",
+    )
+    p.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=DEFAULT_SHUTDOWN_GRACE_S,
+        metavar="SECONDS",
+        help="on SIGTERM or Ctrl-C, stop within this many seconds: running Cluster calls and "
+        "embedding jobs are ended (default: %(default)s)",
+    )
+    p.add_argument(
         "--token",
         default=None,
         help="require 'authorization: Bearer TOKEN' on every call (default: $HISTOSIC_TOKEN; "
@@ -94,7 +117,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--tls-cert", type=Path, default=None, help="PEM certificate: serve gRPC over TLS"
     )
     p.add_argument("--tls-key", type=Path, default=None, help="PEM private key for --tls-cert")
+    from histosic.commands.embed_ray import add_ray_flags
+
+    add_ray_flags(p, report=False)  # --ray: embedding jobs run on a Ray cluster (docs/RAY.md)
     p.set_defaults(func=run)
+
+
+def _ray_embed(args: argparse.Namespace) -> EmbedFunction | None:
+    """With --ray, jobs go to a Ray cluster (connected on the first job); else None."""
+    if getattr(args, "ray", None) is None:
+        return None
+    from histosic.commands.embed_ray import ray_options
+    from histosic.embed.ray_run import ray_embed_function
+
+    return ray_embed_function(ray_options(args))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,9 +149,14 @@ def run(args: argparse.Namespace) -> int:
         "max_request_mb",
         "max_queue",
         "batch_size",
+        "max_patches_per_job",
     ):
         if getattr(args, name) < 1:
             raise InvalidInputError(f"--{name.replace('_', '-')} must be at least 1")
+    if not (math.isfinite(args.shutdown_grace) and 0 <= args.shutdown_grace <= 3600):
+        raise InvalidInputError(
+            f"--shutdown-grace must be between 0 and 3600 seconds, got {args.shutdown_grace:g}"
+        )
     token = args.token or current_settings().token
     host = args.host
     bracket = f"[{host}]" if ":" in host else host
@@ -131,9 +172,12 @@ def run(args: argparse.Namespace) -> int:
         cache_bytes=args.cache_mb << 20,
         max_request_bytes=args.max_request_mb << 20,
         max_queue=args.max_queue,
+        max_patches_per_job=args.max_patches_per_job,
+        shutdown_grace_s=args.shutdown_grace,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         http_address=None if args.http_port == -1 else f"{bracket}:{args.http_port}",
+        embed=_ray_embed(args),
     )
     if not is_loopback(host) and not token:
         print(
@@ -157,7 +201,11 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     server.start()
-    http = f", Connect on http://{bracket}:{server.http_port}" if server.http_port else ""
+    http = (
+        f", Connect on {server.http_scheme}://{bracket}:{server.http_port}"
+        if server.http_port
+        else ""
+    )
     scheme = "grpcs" if args.tls_cert else "grpc"
     print(
         f"histosic serve: gRPC on {scheme}://{bracket}:{port}{http}; "
@@ -168,6 +216,10 @@ def run(args: argparse.Namespace) -> int:
     )
     while not stop.wait(0.5):
         pass
-    print("histosic serve: stopping (running jobs are cancelled)", flush=True)
-    server.stop(grace=10.0)
+    print(
+        f"histosic serve: stopping within {args.shutdown_grace:g} s (running calls and jobs are "
+        "ended)",
+        flush=True,
+    )
+    server.stop(grace=args.shutdown_grace)
     return 0

@@ -10,14 +10,10 @@ file that a killed run resumes; the final name appears only when every patch is 
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import math
 import os
-import re
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,35 +22,44 @@ import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from histosic.config import DEFAULT_MODEL
-from histosic.embed.registry import LoadedModel, get_model_info, load_model, weights_id
-from histosic.errors import (
-    CancelledError,
-    HistosicError,
-    InvalidInputError,
-    NoTissueError,
-    OutputExistsError,
+from histosic.embed.output_file import (
+    embedding_filename,
+    existing_state,
+    full_meta,
+    n_patches,
+    no_tissue_error,
+    other_output_error,
+    output_meta,
 )
+from histosic.embed.registry import (
+    LoadedModel,
+    ModelInfo,
+    check_weights,
+    get_model_info,
+    load_model,
+)
+from histosic.errors import CancelledError, HistosicError, InvalidInputError
+from histosic.patches import read_patches, thumbnail_size
 from histosic.slides import Slide, TissueConfig, detect_tissue, open_slide, white_fraction
-from histosic.store import EmbeddingMeta, EmbeddingWriter, file_fingerprint, read_meta
+from histosic.store import EmbeddingWriter
 from histosic.tiling import PatchGrid, TilingConfig, make_grid
 
 __all__ = [
     "default_workers",
     "embed_slide",
     "embedding_filename",
+    "fit_batch_size",
+    "forward",
+    "prepare_module",
     "read_patches",
     "resolve_device",
     "slide_grid",
 ]
 
 log = logging.getLogger(__name__)
-
-# A row run read as one region is capped so one read stays a few MB.
-_MAX_RUN_PATCHES = 32
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -89,48 +94,6 @@ def default_workers(device: torch.device) -> int:
     return max(1, min(16, cores - 1))
 
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def _slug(text: str) -> str:
-    return _UNSAFE.sub("-", text).strip("-.") or "x"
-
-
-def embedding_filename(
-    slide_path: str | os.PathLike[str],
-    model: str,
-    tiling: TilingConfig = TilingConfig(),  # noqa: B008 - frozen dataclass
-) -> str:
-    """Deterministic, filesystem-safe name of the embedding file of a slide, model and tiling.
-
-    ``<slide stem>.<model>.<mpp>mpp-<size>px-ov<overlap>-t<threshold>.h5``; a model that names a
-    file (``checkpoint:<path>``) gets the file's stem and a short hash of its path.
-    """
-    import hashlib
-
-    kind, _, arg = model.partition(":")
-    if arg:
-        digest = hashlib.sha256(arg.encode()).hexdigest()[:8]
-        model_part = _slug(f"{kind}-{Path(arg).stem}" if kind != "timm" else f"timm-{arg}")
-        if kind != "timm":
-            model_part += f"-{digest}"
-    else:
-        model_part = _slug(model)
-    stem = _slug(Path(slide_path).stem)
-    tiling_part = (
-        f"{tiling.target_mpp:g}mpp-{tiling.patch_size}px"
-        f"-ov{tiling.overlap:g}-t{tiling.tissue_threshold:g}"
-    )
-    return f"{stem}.{model_part}.{_slug(tiling_part)}.h5"
-
-
-def _thumbnail_size(slide: Slide, size_level0: int, tissue: TissueConfig) -> int:
-    # Enough thumbnail pixels that a patch spans about 8 mask pixels, within sane bounds.
-    longest = max(slide.dimensions)
-    want = int(math.ceil(8 * longest / max(size_level0, 1)))
-    return int(min(max(tissue.thumbnail_size, min(want, 4096)), longest))
-
-
 def slide_grid(
     slide: Slide,
     tiling: TilingConfig = TilingConfig(),  # noqa: B008 - frozen dataclass
@@ -141,65 +104,10 @@ def slide_grid(
     from histosic.tiling import patch_size_level0
 
     size0 = patch_size_level0(tiling, slide.mpp)
-    thumb = slide.get_thumbnail(_thumbnail_size(slide, size0, tissue))
+    thumb = slide.get_thumbnail(thumbnail_size(slide, size0, tissue))
     mask = detect_tissue(thumb, tissue)
     w, h = slide.dimensions
     return make_grid(w, h, slide.mpp, tiling, tissue_mask=mask), mask
-
-
-def _resize(arr: npt.NDArray[np.uint8], size: int) -> npt.NDArray[np.uint8]:
-    if arr.shape[0] == size and arr.shape[1] == size:
-        return arr
-    return np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.BILINEAR))
-
-
-def read_patches(
-    slide: Slide, coords: npt.NDArray[np.int64], size_level0: int, out_size: int
-) -> npt.NDArray[np.uint8]:
-    """Read square patches, at the best pyramid level, resized to ``out_size``.
-
-    Patches on the same row that touch or overlap are read as one region, so the overlapping
-    pixels are decoded once.
-
-    Parameters
-    ----------
-    slide : Slide
-    coords : ndarray of shape (n, 2)
-        Level-0 top-left ``(x, y)``.
-    size_level0 : int
-        Patch side in level-0 pixels.
-    out_size : int
-        Patch side in output pixels.
-
-    Returns
-    -------
-    ndarray of shape (n, out_size, out_size, 3), uint8
-    """
-    n = int(coords.shape[0])
-    out = np.empty((n, out_size, out_size, 3), dtype=np.uint8)
-    level = slide.best_level_for_downsample(size_level0 / out_size)
-    ds = slide.level_downsamples[level]
-    side = max(1, int(math.ceil(size_level0 / ds - 1e-6)))
-    i = 0
-    while i < n:
-        j = i + 1
-        while (
-            j < n
-            and j - i < _MAX_RUN_PATCHES
-            and coords[j, 1] == coords[i, 1]
-            and 0 < coords[j, 0] - coords[j - 1, 0] <= size_level0
-        ):
-            j += 1
-        x0, y0 = int(coords[i, 0]), int(coords[i, 1])
-        span = int(coords[j - 1, 0]) + size_level0 - x0
-        width = max(side, int(math.ceil(span / ds - 1e-6)))
-        region = slide.read_region_array((x0, y0), level, (width, side))
-        for k in range(i, j):
-            ox = int(round((int(coords[k, 0]) - x0) / ds))
-            ox = min(ox, width - side)
-            out[k] = _resize(region[:, ox : ox + side], out_size)
-        i = j
-    return out
 
 
 class _PatchBatches(Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
@@ -262,6 +170,8 @@ class _Preprocess:
     def __init__(self, loaded: LoadedModel, device: torch.device) -> None:
         info = loaded.info
         self.size = info.input_size
+        # Resize to ``crop_from``, then centre-crop the input size (GigaPath: 256 -> 224).
+        self.resize = info.crop_from or info.input_size
         # (x / 255 - mean) / std as one scale and one shift of the raw 0..255 values.
         mean = torch.tensor(info.mean, device=device).view(1, 3, 1, 1) * 255.0
         std = torch.tensor(info.std, device=device).view(1, 3, 1, 1) * 255.0
@@ -273,21 +183,57 @@ class _Preprocess:
         x = batch.to(self.device, non_blocking=True)
         # NHWC memory viewed as NCHW is already channels_last.
         x = x.permute(0, 3, 1, 2).float()
-        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+        if x.shape[-1] != self.resize or x.shape[-2] != self.resize:
             x = F.interpolate(
-                x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False
+                x,
+                size=(self.resize, self.resize),
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
             )
+        if self.resize != self.size:
+            top = int(round((self.resize - self.size) / 2.0))
+            x = x[:, :, top : top + self.size, top : top + self.size]
         x = x.mul_(self.scale).add_(self.shift)  # in place: no extra full-size copies
         return x.contiguous(memory_format=torch.channels_last)
 
 
-def _autocast(device: torch.device) -> Any:
+def prepare_module(loaded: LoadedModel, device: torch.device) -> torch.nn.Module:
+    """The model on the device, channels_last where it has convolutions or runs on a GPU."""
+    module = loaded.module.to(device)
+    if device.type != "cpu" or any(p.dim() == 4 for p in module.parameters()):
+        module = module.to(memory_format=torch.channels_last)
     if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
+        torch.backends.cudnn.benchmark = True
+    return module
+
+
+def forward(module: torch.nn.Module, prep: _Preprocess, patches: torch.Tensor) -> torch.Tensor:
+    """Features (b, dim) in float32 of a uint8 NHWC batch (call under inference mode)."""
+    feats: torch.Tensor = module(prep(patches))
+    if feats.ndim != 2:
+        feats = feats.flatten(1)
+    return feats.float()
+
+
+def autocast(device: torch.device, precision: str = "auto") -> Any:
+    """Mixed precision on CUDA as the model's authors run it (``ModelInfo.precision``).
+
+    ``auto``: bf16 where supported, else fp16; ``float32``: none (models whose authors run them in
+    full precision); ``float16`` / ``bfloat16``: that type. On the CPU always full precision.
+    """
     import contextlib
 
-    return contextlib.nullcontext()
+    if device.type != "cuda" or precision == "float32":
+        return contextlib.nullcontext()
+    bf16 = torch.cuda.is_bf16_supported()
+    if precision == "float16":
+        dtype = torch.float16
+    elif precision == "bfloat16" and bf16:
+        dtype = torch.bfloat16
+    else:
+        dtype = torch.bfloat16 if bf16 else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
 
 
 def _iterate(
@@ -321,19 +267,6 @@ def _iterate(
         yield from started
 
     return batches()
-
-
-def _existing(path: Path, meta: EmbeddingMeta) -> str:
-    """'same', 'other' (settings or slide differ) or 'unreadable' for an existing output file."""
-    try:
-        existing = read_meta(path)
-    except HistosicError as err:
-        log.warning("existing %s is unreadable (%s); it will be replaced", path, err)
-        return "unreadable"
-    same = json.dumps(existing.settings_key(), sort_keys=True) == json.dumps(
-        meta.settings_key(), sort_keys=True
-    )
-    return "same" if same else "other"
 
 
 def embed_slide(
@@ -400,6 +333,7 @@ def embed_slide(
     if workers is not None and (int(workers) != workers or workers < 0):
         raise InvalidInputError(f"workers must be a non-negative integer, got {workers!r}")
     info = get_model_info(model, check=False)  # unknown model: fail before any work
+    check_weights(model)  # gated without a token, offline without a cache: before any slide
     dev = resolve_device(device)
     opened = not isinstance(slide, Slide)
     s = open_slide(slide, mpp=slide_mpp) if not isinstance(slide, Slide) else slide
@@ -439,41 +373,16 @@ def _embed_open_slide(
     should_stop: Callable[[], bool] | None,
     dtype: str,
 ) -> Path:
-    from histosic.tiling import patch_size_level0, stride_level0
-
-    if out.suffix.lower() in (".h5", ".hdf5"):
-        path = out
-    else:
-        path = out / embedding_filename(slide.path, model, tiling)
-    w, h = slide.dimensions
-    base_meta = EmbeddingMeta(
-        slide_path=str(slide.path.resolve()),
-        slide_fingerprint=file_fingerprint(slide.path),
-        level0_width=w,
-        level0_height=h,
-        mpp=slide.mpp,
-        target_mpp=tiling.target_mpp,
-        patch_size=tiling.patch_size,
-        patch_size_level0=patch_size_level0(tiling, slide.mpp),
-        stride_level0=stride_level0(tiling, slide.mpp),
-        overlap=tiling.overlap,
-        model=model_name,
-        weights_hash=weights_id(model),
-        tissue_method=tissue.name,
-        tissue_threshold=tiling.tissue_threshold,
-    )
-    state = _existing(path, base_meta) if path.exists() and not overwrite else "absent"
+    path, base_meta = output_meta(slide, out, model, model_name, tiling, tissue)
+    state = existing_state(path, base_meta, overwrite)
     if state == "same":
         log.info("%s is already embedded with these settings: %s (skipped)", slide.path, path)
         if progress is not None:
-            n = _n_patches(path)
+            n = n_patches(path)
             progress(n, n)
         return path
     if state == "other":
-        raise OutputExistsError(
-            f"{path} exists but was made from another slide file or other settings; pass "
-            "--overwrite (overwrite=True) to replace it, or choose another --out"
-        )
+        raise other_output_error(path)
 
     if should_stop is not None and should_stop():
         raise CancelledError(f"embedding of {slide.path} cancelled before it started")
@@ -487,35 +396,9 @@ def _embed_open_slide(
         raise
     loaded: LoadedModel = building.result()
     if len(grid) == 0:
-        raise NoTissueError(
-            f"no tissue patch in {slide.path}: none of the {grid.n_candidates} patches of "
-            f"{tiling.patch_size} px at {tiling.target_mpp:g} um/px reaches tissue fraction "
-            f"{tiling.tissue_threshold:g}; lower --tissue-threshold (0 keeps every patch), check "
-            "--slide-mpp, or check that the slide holds stained tissue"
-        )
+        raise no_tissue_error(slide, grid, tiling)
     info = loaded.info
-    preprocessing = {
-        "input_size": info.input_size,
-        "mean": list(info.mean),
-        "std": list(info.std),
-        "resize": f"bilinear {tiling.patch_size} px -> {info.input_size} px",
-        "white_level": 220,
-    }
-    extra = {
-        "reader": slide.backend,
-        "mpp_source": slide.mpp_source,
-        "read_level": slide.best_level_for_downsample(grid.patch_size_level0 / info.input_size),
-        "n_candidates": grid.n_candidates,
-        "device": str(device),
-        "model_description": info.description,
-    }
-    meta = dataclasses.replace(
-        base_meta,
-        weights_hash=loaded.weights_hash,
-        preprocessing=json.dumps(preprocessing, sort_keys=True),
-        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        extra=extra,
-    )
+    meta = full_meta(slide, base_meta, grid, info, loaded.weights_hash, tiling, str(device))
     writer = EmbeddingWriter(path, meta, grid.coords, info.dim, dtype=dtype, resume=not overwrite)
     try:
         _run(
@@ -558,15 +441,47 @@ class _Background:
         return self._value
 
 
-def _n_patches(path: Path) -> int:
-    """Number of patches in a complete embedding file (reads only the coords shape)."""
-    import h5py
+def _probe(
+    module: torch.nn.Module,
+    prep: _Preprocess,
+    read_size: int,
+    precision: str,
+    device: torch.device,
+) -> Callable[[int], None]:
+    """A forward pass of ``b`` blank patches, as the loop runs it (for :func:`fit_batch_size`)."""
 
-    with h5py.File(path, "r") as f:
-        return int(f["coords"].shape[0])
+    def run(b: int) -> None:
+        blank = torch.zeros((b, read_size, read_size, 3), dtype=torch.uint8)
+        with torch.inference_mode(), autocast(device, precision):
+            module(prep(blank))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    return run
 
 
-def _read_size(patch_size: int, input_size: int, device: torch.device) -> int:
+def fit_batch_size(forward: Callable[[int], None], batch_size: int) -> int:
+    """The largest batch size up to ``batch_size`` (halving) whose forward pass fits in memory.
+
+    On a GPU a foundation model's activations at the default batch (64 patches) may not fit
+    beside its weights (ViT-g in fp16 on a small card); the batch is halved until one forward pass
+    runs, and the same memory is then enough for every batch of the slide (patches have one size).
+    """
+    batch = max(1, int(batch_size))
+    while True:
+        try:
+            forward(batch)
+            return batch
+        except torch.OutOfMemoryError:
+            if batch == 1:
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            log.info("batch %d does not fit in device memory; trying %d", batch, batch // 2)
+            batch //= 2
+
+
+def _read_size(patch_size: int, info: ModelInfo, device: torch.device) -> int:
     """Side of the patches the readers return.
 
     On the CPU, patches are resized straight to the network's input size in the reader processes
@@ -576,6 +491,7 @@ def _read_size(patch_size: int, input_size: int, device: torch.device) -> int:
     :class:`_Preprocess` resizes them on the device, unless that would more than double the
     bytes to move.
     """
+    input_size = info.crop_from or info.input_size
     if device.type == "cuda" and patch_size <= 2 * input_size:
         return patch_size
     return input_size
@@ -599,12 +515,21 @@ def _run(
     if writer.n_done >= n_total:
         return
     n_workers = default_workers(device) if workers is None else int(workers)
+    read_size = _read_size(tiling.patch_size, loaded.info, device)
+    module: torch.nn.Module | None = None
+    if device.type == "cuda":
+        # The batch that fits in device memory decides the readers' batches: model first.
+        module = prepare_module(loaded, device)
+        batch_size = fit_batch_size(
+            _probe(module, _Preprocess(loaded, device), read_size, loaded.info.precision, device),
+            min(batch_size, n_total - writer.n_done),
+        )
     dataset = _PatchBatches(
         slide.path,
         slide.mpp,
         grid.coords,
         grid.patch_size_level0,
-        _read_size(tiling.patch_size, loaded.info.input_size, device),
+        read_size,
         batch_size,
         writer.n_done,
         slide=slide if n_workers == 0 else None,
@@ -621,11 +546,8 @@ def _run(
         writer.n_done,
     )
     batches = _iterate(dataset, n_workers, device)  # readers start now
-    module = loaded.module.to(device)
-    if device.type != "cpu" or any(p.dim() == 4 for p in module.parameters()):
-        module = module.to(memory_format=torch.channels_last)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    if module is None:
+        module = prepare_module(loaded, device)
     prep = _Preprocess(loaded, device)
     cuda = device.type == "cuda"
     # On CUDA one batch is in flight: batch i's features come back to the host (pinned,
@@ -644,7 +566,7 @@ def _run(
 
     expected = writer.n_done
     try:
-        with torch.inference_mode(), _autocast(device):
+        with torch.inference_mode(), autocast(device, loaded.info.precision):
             for patches, white, lo in batches:
                 if should_stop is not None and should_stop():
                     raise CancelledError(
@@ -653,10 +575,7 @@ def _run(
                 if lo != expected:  # pragma: no cover - the loader keeps order
                     raise RuntimeError(f"batch starts at {lo}, expected {expected}")
                 expected = lo + patches.shape[0]
-                feats = module(prep(patches))
-                if feats.ndim != 2:
-                    feats = feats.flatten(1)
-                feats = feats.float()
+                feats = forward(module, prep, patches)
                 if not cuda:
                     flush((feats, lo, white.numpy(), None))
                     continue

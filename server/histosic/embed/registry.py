@@ -37,6 +37,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from histosic.embed import hub
+from histosic.embed.foundation import FOUNDATION, Foundation
+from histosic.embed.hub import FOUNDATION_EXTRA
 from histosic.errors import (
     CorruptFileError,
     InvalidInputError,
@@ -53,6 +56,7 @@ __all__ = [
     "ALTERNATIVES",
     "BACKBONES",
     "EMBED_EXTRA",
+    "FOUNDATION_EXTRA",
     "HISTOSSL_URL",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -62,11 +66,13 @@ __all__ = [
     "LoadedModel",
     "ModelInfo",
     "check_embeddable",
+    "check_weights",
     "checkpoint_input",
     "get_model_info",
     "list_models",
     "load_model",
     "weights_id",
+    "with_weights",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -108,6 +114,20 @@ class ModelInfo:
         Whether it can be used right now (libraries installed, weights present or downloadable).
     reason : str
         Why not, when ``available`` is False; otherwise where the weights come from.
+    licence : str
+        The weights' licence ("" for histosic's own and torchvision's ImageNet weights).
+    gated : bool
+        The hub asks users to accept the authors' terms before download (a token is needed).
+    page : str
+        The model card.
+    mpp : float
+        Microns per pixel the authors trained at (0: not stated / any).
+    patch_size : int
+        Tiling patch side at which patches reach the network unresampled (0: any).
+    crop_from : int
+        Resize patches to this side, then centre-crop ``input_size`` (0: resize directly).
+    precision : {"auto", "float16", "bfloat16", "float32"}
+        Inference precision on a GPU: the authors' choice, or "auto" (bf16 where supported).
     """
 
     name: str
@@ -118,6 +138,13 @@ class ModelInfo:
     description: str
     available: bool = True
     reason: str = ""
+    licence: str = ""
+    gated: bool = False
+    page: str = ""
+    mpp: float = 0.0
+    patch_size: int = 0
+    crop_from: int = 0
+    precision: str = "auto"
 
 
 @dataclass
@@ -186,6 +213,10 @@ class BackboneSpec:
     numpy : bool
         The features are computed with NumPy (:mod:`histosic.features`); only the embedding
         pipeline around them needs torch.
+    extra : str
+        What to install for ``requires``.
+    preflight : bool
+        Check ``availability`` before any slide is read (weights that may be gated or absent).
     """
 
     name: str
@@ -198,6 +229,8 @@ class BackboneSpec:
     describe: Callable[[str, str], ModelInfo] | None = None
     requires: tuple[str, ...] = ("torch", "torchvision")
     numpy: bool = False
+    extra: str = EMBED_EXTRA
+    preflight: bool = False
 
 
 def _imagenet(name: str, dim: int, description: str) -> ModelInfo:
@@ -337,8 +370,9 @@ BACKBONES: tuple[BackboneSpec, ...] = (
         _imagenet(
             "checkpoint:<path>",
             0,
-            "your own ResNet state dict (torch.save(model.state_dict()), or a `histosic "
-            "pretrain` checkpoint, which records its own input size), loaded weights_only",
+            "your own ResNet or timm-style ViT state dict (torch.save(model.state_dict()), or a "
+            "`histosic pretrain` checkpoint, which records its own input size), loaded "
+            "weights_only",
         ),
         weights_id=lambda kind, arg: file_fingerprint(Path(arg).expanduser()),
         build="checkpoint:build",
@@ -349,14 +383,50 @@ BACKBONES: tuple[BackboneSpec, ...] = (
     ),
 )
 
+
+def _foundation_spec(fm: Foundation) -> BackboneSpec:
+    info = ModelInfo(
+        fm.name,
+        fm.dim,
+        fm.input_size,
+        fm.mean,
+        fm.std,
+        f"{fm.title}; {fm.paper}",
+        licence=fm.licence,
+        gated=fm.gated,
+        page=fm.page,
+        mpp=fm.mpp,
+        patch_size=fm.patch_size,
+        crop_from=fm.crop_from,
+        precision=fm.precision,
+    )
+    lib = "timm" if fm.loader == "timm" else "transformers"
+    return BackboneSpec(
+        fm.name,
+        info,
+        weights_id=hub.weights_id,
+        build="foundation:build",
+        availability=hub.availability,
+        arg="optional",
+        requires=("torch", lib, "safetensors", "huggingface_hub"),
+        extra=FOUNDATION_EXTRA,
+        preflight=True,
+    )
+
+
+BACKBONES += tuple(_foundation_spec(fm) for fm in FOUNDATION)
+
 _BY_NAME: dict[str, BackboneSpec] = {spec.name: spec for spec in BACKBONES}
 
 
 def _known() -> str:
-    return ", ".join(
-        spec.info.name if spec.arg != "optional" else f"{spec.name}, {spec.name}:<path>"
+    plain = [
+        spec.info.name
+        if spec.arg != "optional" or spec.preflight
+        else f"{spec.name}, {spec.name}:<path>"
         for spec in BACKBONES
-    )
+    ]
+    return ", ".join(plain) + " (foundation models also take <name>:<weights path>)"
 
 
 def _spec(name: str) -> tuple[BackboneSpec, str]:
@@ -384,7 +454,7 @@ def _missing_reason(spec: BackboneSpec) -> str | None:
             "its features are computed with NumPy (histosic.features), but the embedding "
             f"pipeline runs on PyTorch, which is not installed: {EMBED_EXTRA}"
         )
-    return f"needs {' and '.join(missing)}, not installed here: {EMBED_EXTRA}"
+    return f"needs {' and '.join(missing)}, not installed here: {spec.extra}"
 
 
 def _availability(spec: BackboneSpec, arg: str) -> Availability:
@@ -468,6 +538,44 @@ def check_embeddable(name: str) -> ModelInfo:
     if missing is not None:
         raise ModelUnavailableError(f"model {name!r} cannot be used here: {missing}")
     return get_model_info(name, check=False)
+
+
+def with_weights(name: str, path: str | Path) -> str:
+    """``name`` with its weights taken from ``path`` (``--weights``): ``uni:/models/uni.bin``.
+
+    Raises
+    ------
+    UnknownModelError, InvalidInputError
+        Unknown name, or a family whose weights cannot be given as a path.
+    """
+    spec, arg = _spec(name)
+    if arg:
+        raise InvalidInputError(f"--weights {path} and a path in --model {name!r}: give one")
+    if spec.arg != "optional":
+        raise InvalidInputError(
+            f"--weights does not apply to {name!r}: it takes foundation models and histossl "
+            "(for your own ResNet use checkpoint:<path>)"
+        )
+    return f"{spec.name}:{Path(path).expanduser()}"
+
+
+def check_weights(name: str) -> None:
+    """Fail at once, before any slide is read, when a model's weights cannot be had.
+
+    Only for families that mark ``preflight`` (the foundation models: gated, cached or not,
+    offline); other families check their weights when they load them.
+
+    Raises
+    ------
+    ModelUnavailableError
+        Gated without a token, not cached and offline, ``--weights`` missing, extra missing.
+    """
+    spec, arg = _spec(name)
+    if not spec.preflight:
+        return
+    ok, reason = _availability(spec, arg)
+    if not ok:
+        raise ModelUnavailableError(f"{spec.name}: {reason}")
 
 
 def load_model(name: str) -> LoadedModel:

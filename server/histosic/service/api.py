@@ -20,28 +20,31 @@ import numpy as np
 
 from histosic.api.v1 import clustering_pb2, common_pb2, embedding_pb2
 from histosic.catalog import EmbeddingCache, EmbeddingCatalog, StoredEmbedding
+from histosic.config import MAX_PATCHES_PER_JOB
 from histosic.errors import (
+    MAX_NAME_BYTES,
     EmbeddingNotFoundError,
     InvalidInputError,
     PermissionDeniedError,
     PreconditionError,
+    shown,
 )
 from histosic.service.arrays import to_ndarray
 from histosic.service.convert import options_from_proto
 from histosic.service.jobs import EmbedRequest, JobManager, JobSnapshot, JobState
 from histosic.service.paths import SlideResolver
+from histosic.service.plan import EmbeddingPlan, check_mpp, plan_embedding
 from histosic.service.wire import encode_chunk
 
 if TYPE_CHECKING:
     from histosic.cluster import SlideClustering
     from histosic.store import Embeddings
 
-__all__ = ["CHUNK_BYTES", "MAX_SEEDS", "HistosicApi"]
+__all__ = ["CHUNK_BYTES", "HistosicApi"]
 
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20  # GetEmbedding chunk size: large enough for speed, far below message limits
-MAX_SEEDS = 100_000
 
 _JOB_STATES = {
     JobState.QUEUED: embedding_pb2.JOB_STATE_QUEUED,
@@ -52,13 +55,6 @@ _JOB_STATES = {
 }
 
 
-def _finite(name: str, value: float, *, positive: bool = False) -> float:
-    if not math.isfinite(value) or (positive and value <= 0):
-        kind = "a positive" if positive else "a finite"
-        raise InvalidInputError(f"{name} must be {kind} number, got {value!r}")
-    return float(value)
-
-
 @dataclass
 class HistosicApi:
     """The services' behaviour, independent of the wire protocol."""
@@ -67,6 +63,7 @@ class HistosicApi:
     cache: EmbeddingCache
     resolver: SlideResolver
     jobs: JobManager
+    max_patches_per_job: int = MAX_PATCHES_PER_JOB
 
     # -- references -----------------------------------------------------------------------
     def resolve_embedding(self, ref: common_pb2.EmbeddingRef) -> StoredEmbedding:
@@ -75,8 +72,8 @@ class HistosicApi:
             entry = self.catalog.by_id(ref.embedding_id)
             if ref.model and entry.meta.model != ref.model:
                 raise InvalidInputError(
-                    f"embedding {ref.embedding_id!r} was made with model {entry.meta.model!r}, "
-                    f"not {ref.model!r}"
+                    f"embedding {shown(ref.embedding_id)} was made with model "
+                    f"{shown(entry.meta.model)}, not {shown(ref.model)}"
                 )
             return entry
         if not ref.slide and not ref.slide_fingerprint:
@@ -92,15 +89,15 @@ class HistosicApi:
             fingerprint = self.catalog.fingerprint(slide)
             if ref.slide_fingerprint and ref.slide_fingerprint != fingerprint:
                 raise InvalidInputError(
-                    f"slide {ref.slide!r} has fingerprint {fingerprint}, not the "
-                    f"{ref.slide_fingerprint!r} given: it is another file"
+                    f"slide {shown(ref.slide)} has fingerprint {fingerprint}, not the "
+                    f"{shown(ref.slide_fingerprint)} given: it is another file"
                 )
         found = self.catalog.find(fingerprint=fingerprint, model=ref.model)
         if not found and slide_path:
             found = self.catalog.find(slide_path=slide_path, model=ref.model)
         if not found:
-            what = f"slide {ref.slide!r}" if ref.slide else "the slide"
-            model = f" with model {ref.model!r}" if ref.model else ""
+            what = f"slide {shown(ref.slide)}" if ref.slide else "the slide"
+            model = f" with model {shown(ref.model)}" if ref.model else ""
             raise EmbeddingNotFoundError(
                 f"the server's store has no embedding of {what} (fingerprint {fingerprint})"
                 f"{model}; start one with StartEmbedding"
@@ -123,11 +120,18 @@ class HistosicApi:
                 input_size=m.input_size,
                 available=m.available,
                 unavailable_reason="" if m.available else m.reason,
+                licence=m.licence,
+                gated=m.gated,
+                page=m.page,
+                mpp=m.mpp,
+                patch_size=m.patch_size,
+                precision=m.precision,
+                source=m.reason if m.available else "",
             )
         return out
 
     def _check_model(self, name: str) -> str:
-        from histosic.embed.registry import check_embeddable
+        from histosic.embed.registry import check_embeddable, check_weights
 
         if not name:
             raise InvalidInputError("no model given: name one from ListModels (e.g. he-features)")
@@ -135,20 +139,23 @@ class HistosicApi:
         if sep and kind != "timm":
             # checkpoint:<path> and histossl:<path> would read any file the server can see.
             raise PermissionDeniedError(
-                f"model {name!r} names a file on the server; remote clients may use only the "
+                f"model {shown(name)} names a file on the server; remote clients may use only the "
                 "registry's models and timm:<name> (embed with your own weights locally: "
                 "`histosic embed --model checkpoint:...`)"
             )
         # ModelUnavailableError (FAILED_PRECONDITION) when torch or the family's libraries are
-        # missing here; weights are checked when the job runs.
-        return check_embeddable(name).name
+        # missing here, or a foundation model's weights cannot be had (gated without a token,
+        # offline without a cache); other weights are checked when the job runs.
+        info = check_embeddable(name)
+        check_weights(name)
+        return info.name
 
     def _tiling(self, t: embedding_pb2.Tiling) -> Any:
         from histosic.tiling import TilingConfig
 
         kwargs: dict[str, Any] = {}
         if t.HasField("target_mpp"):
-            kwargs["target_mpp"] = t.target_mpp
+            kwargs["target_mpp"] = check_mpp("tiling.target_mpp", t.target_mpp)
         if t.HasField("patch_size"):
             kwargs["patch_size"] = t.patch_size
         if t.HasField("overlap"):
@@ -182,24 +189,11 @@ class HistosicApi:
             device=snap.device,
         )
 
-    def _existing(self, req: EmbedRequest) -> Path | None:
-        """A complete embedding of the same slide content with the same settings, if any."""
-        if req.out.is_file():
-            try:
-                self.catalog.by_id(req.out.relative_to(self.catalog.store).as_posix())
-                return req.out
-            except (EmbeddingNotFoundError, ValueError):
-                pass
-        fp = self.catalog.fingerprint(req.slide)
-        t = req.tiling
-        for e in self.catalog.find(fingerprint=fp, model=req.model):
-            m = e.meta
-            if (
-                m.patch_size == t.patch_size
-                and math.isclose(m.target_mpp, t.target_mpp, rel_tol=1e-6)
-                and math.isclose(m.overlap, t.overlap, abs_tol=1e-6)
-                and math.isclose(m.tissue_threshold, t.tissue_threshold, abs_tol=1e-6)
-            ):
+    def _existing(self, req: EmbedRequest, plan: EmbeddingPlan) -> Path | None:
+        """A complete embedding with the plan's identity (same slide content, resolution,
+        tiling, model and weights), if the store has one; newest first."""
+        for e in self.catalog.find(fingerprint=plan.slide_fingerprint, model=req.model):
+            if plan.matches(e.meta):
                 return e.path
         return None
 
@@ -208,27 +202,46 @@ class HistosicApi:
     ) -> embedding_pb2.StartEmbeddingResponse:
         model = self._check_model(request.model)  # before importing torch: it may be missing
         from histosic.embed.pipeline import embedding_filename
+        from histosic.embed.registry import weights_id
 
         slide = self.resolver.resolve(request.slide)
         tiling = self._tiling(request.tiling)
         slide_mpp = None
         if request.HasField("slide_mpp"):
-            slide_mpp = _finite("slide_mpp", request.slide_mpp, positive=True)
+            slide_mpp = check_mpp("slide_mpp", request.slide_mpp)
         if not 0 <= request.batch_size <= 4096:
             raise InvalidInputError(f"batch_size must be in [0, 4096], got {request.batch_size}")
-        out = self.catalog.store / Path(embedding_filename(slide, model, tiling)).name
+        plan = plan_embedding(
+            slide,
+            request.slide,
+            fingerprint=self.catalog.fingerprint(slide),
+            model=model,
+            weights=weights_id(model),
+            tiling=tiling,
+            slide_mpp=slide_mpp,
+            max_patches=self.max_patches_per_job,
+        )
+        name = plan.file_name(Path(embedding_filename(slide, model, tiling)).name)
+        if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+            raise InvalidInputError(
+                f"the embedding file of slide {shown(request.slide)} would be named "
+                f"{len(name.encode('utf-8', 'surrogatepass'))} bytes long, over the "
+                f"{MAX_NAME_BYTES} bytes a file name may have: give the slide a shorter name"
+            )
         req = EmbedRequest(
             slide_ref=request.slide,
             slide=slide,
             model=model,
             tiling=tiling,
-            out=out,
+            out=self.catalog.store / name,
             slide_mpp=slide_mpp,
             overwrite=request.overwrite,
             batch_size=request.batch_size,
+            identity=plan.identity,
+            patches_estimate=plan.n_candidates,
         )
         if not request.overwrite:
-            existing = self._existing(req)
+            existing = self._existing(req, plan)
             if existing is not None:
                 return embedding_pb2.StartEmbeddingResponse(
                     job=self._job(self.jobs.finished_job(req, existing))
@@ -327,7 +340,8 @@ class HistosicApi:
         """The first message (with the first chunk) and the feature bytes."""
         if request.dtype not in ("", "float32", "float16"):
             raise InvalidInputError(
-                f"dtype must be 'float32', 'float16' or empty (stored dtype), got {request.dtype!r}"
+                "dtype must be 'float32', 'float16' or empty (stored dtype), got "
+                f"{shown(request.dtype)}"
             )
         entry = self.resolve_embedding(request.embedding)
         emb = self.cache.get(entry)
@@ -353,18 +367,19 @@ class HistosicApi:
     # -- ClusteringService ----------------------------------------------------------------
     def cluster(self, request: clustering_pb2.ClusterRequest) -> clustering_pb2.ClusterResponse:
         from histosic.cluster import cluster_slide
+        from histosic.cluster.options import check_class_count, check_seed_count
         from histosic.seeds import SeedPoint
 
-        if len(request.seeds) > MAX_SEEDS:
-            raise InvalidInputError(
-                f"{len(request.seeds)} seeds given; at most {MAX_SEEDS} are accepted"
-            )
+        # The limits first, before the embedding is loaded (docs/SERVER.md, "Limits").
+        check_seed_count(len(request.seeds))
         if not request.seeds:
             raise InvalidInputError(
                 "no seeds given: send point annotations with class names (e.g. 'Tumor' and "
                 "'Stroma')"
             )
         options = options_from_proto(request.options)
+        if options.multiclass:
+            check_class_count(len({s.class_name.strip() for s in request.seeds} - {""}))
         entry = self.resolve_embedding(request.embedding)
         emb = self.cache.get(entry)
         points = [SeedPoint(float(s.x), float(s.y), s.class_name) for s in request.seeds]
@@ -447,9 +462,13 @@ class HistosicApi:
         return resp
 
     def colors(self, request: clustering_pb2.ColorsRequest) -> clustering_pb2.ColorsResponse:
+        from histosic.cluster.options import check_random_state
+
+        if request.HasField("random_state"):
+            check_random_state(request.random_state)  # before any work
         method = request.method or "pca"
         if method not in ("pca", "umap"):
-            raise InvalidInputError(f"method must be 'pca' or 'umap', got {request.method!r}")
+            raise InvalidInputError(f"method must be 'pca' or 'umap', got {shown(request.method)}")
         entry = self.resolve_embedding(request.embedding)
         emb = self.cache.get(entry)
         try:

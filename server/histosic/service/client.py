@@ -31,6 +31,7 @@ from histosic.api.v1 import (
 from histosic.cluster import ClusterOptions, ClusterResult, SlideClustering, Step
 from histosic.errors import (
     CancelledError,
+    DeadlineExceededError,
     EmbeddingNotFoundError,
     HistosicError,
     InvalidInputError,
@@ -51,6 +52,7 @@ __all__ = [
     "RemoteClustering",
     "RemoteIgnoredSeed",
     "cluster_remote",
+    "connect_unary",
     "download_embedding",
     "embedding_ref",
     "open_channel",
@@ -66,6 +68,7 @@ _ERRORS: dict[grpc.StatusCode, type[HistosicError]] = {
     grpc.StatusCode.FAILED_PRECONDITION: PreconditionError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
     grpc.StatusCode.CANCELLED: CancelledError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
 }
 _MAX_MESSAGE = 512 << 20
 
@@ -203,14 +206,16 @@ def cluster_remote(
     token: str | None = None,
     timeout: float = 300.0,
     channel: grpc.Channel | None = None,
+    tls_ca: str | os.PathLike[str] | None = None,
 ) -> RemoteClustering:
     """Cluster on a server from seed points.
 
     Parameters
     ----------
     address : str
-        ``HOST:PORT`` of the server (used to open a channel unless ``channel`` is given, and in
-        error messages).
+        The server: ``HOST:PORT`` or ``grpc://HOST:PORT`` (gRPC; TLS when ``tls_ca`` is given),
+        ``grpcs://HOST:PORT`` (gRPC over TLS), or ``https://HOST:PORT`` / ``http://HOST:PORT``
+        (the Connect port, as QuPath scripts use it). Used in error messages too.
     embedding : EmbeddingRef
         Which of the server's embeddings (see :func:`embedding_ref`).
     points : sequence of SeedPoint
@@ -223,6 +228,9 @@ def cluster_remote(
         Seconds.
     channel : grpc.Channel, optional
         An open channel to reuse (it is left open).
+    tls_ca : path-like, optional
+        PEM file of the certificate authority (or the self-signed certificate) the server's
+        certificate must chain to; None = the system's trusted authorities.
 
     Returns
     -------
@@ -242,18 +250,21 @@ def cluster_remote(
         ],
         options=options_to_proto(ClusterOptions() if options is None else options),
     )
-    own = channel is None
-    ch = channel if channel is not None else open_channel(address)
     start = time.perf_counter()
-    try:
-        stub = clustering_pb2_grpc.ClusteringServiceStub(ch)
-        resp = stub.Cluster(request, timeout=timeout, metadata=_metadata(token))
-    except grpc.RpcError as err:
-        _raise(err, address)
-        raise  # _raise always raises
-    finally:
-        if own:
-            ch.close()
+    if address.startswith(("http://", "https://")) and channel is None:
+        resp = clustering_pb2.ClusterResponse.FromString(
+            connect_unary(
+                address,
+                "ClusteringService",
+                "Cluster",
+                request.SerializeToString(),
+                token=token,
+                timeout=timeout,
+                tls_ca=tls_ca,
+            )
+        )
+    else:
+        resp = _grpc_cluster(address, request, token, timeout, channel, tls_ca)
     return RemoteClustering(
         labels=from_ndarray(resp.labels).astype(np.int64),
         confidence=from_ndarray(resp.confidence).astype(np.float64),
@@ -285,6 +296,100 @@ def _put(buf: np.ndarray[Any, np.dtype[np.uint8]], offset: int, chunk: memoryvie
     if n:
         buf[offset : offset + n] = np.frombuffer(chunk, dtype=np.uint8)
     return n
+
+
+def _grpc_cluster(
+    address: str,
+    request: clustering_pb2.ClusterRequest,
+    token: str | None,
+    timeout: float,
+    channel: grpc.Channel | None,
+    tls_ca: str | os.PathLike[str] | None,
+) -> clustering_pb2.ClusterResponse:
+    tls = address.startswith("grpcs://")
+    target = address.split("://", 1)[1] if "://" in address else address
+    own = channel is None
+    ch = channel if channel is not None else open_channel(target, tls_ca=tls_ca, tls=tls)
+    try:
+        stub = clustering_pb2_grpc.ClusteringServiceStub(ch)
+        resp: clustering_pb2.ClusterResponse = stub.Cluster(
+            request, timeout=timeout, metadata=_metadata(token)
+        )
+        return resp
+    except grpc.RpcError as err:
+        _raise(err, address)
+        raise  # _raise always raises
+    finally:
+        if own:
+            ch.close()
+
+
+def connect_unary(
+    base_url: str,
+    service: str,
+    method: str,
+    body: bytes,
+    *,
+    token: str | None = None,
+    timeout: float = 300.0,
+    tls_ca: str | os.PathLike[str] | None = None,
+) -> bytes:
+    """One Connect unary call (binary protobuf over HTTP/1.1 POST); the response's bytes.
+
+    ``base_url`` is ``https://HOST:PORT`` (verified against ``tls_ca``, or the system's
+    authorities) or ``http://HOST:PORT``. ``Connect-Timeout-Ms`` carries ``timeout`` so the
+    server stops the work when it passes. Errors come back as the :mod:`histosic.errors` class of
+    the status code, as for gRPC.
+    """
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    url = f"{base_url.rstrip('/')}/histosic.v1.{service}/{method}"
+    headers = {
+        "Content-Type": "application/proto",
+        "Connect-Protocol-Version": "1",
+        "Connect-Timeout-Ms": str(max(1, int(timeout * 1000))),
+    }
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    context = None
+    if base_url.startswith("https://"):
+        try:
+            context = ssl.create_default_context(cafile=None if tls_ca is None else str(tls_ca))
+        except (OSError, ssl.SSLError) as err:
+            raise InvalidInputError(f"cannot read the CA certificate {tls_ca}: {err}") from err
+    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout + 10, context=context) as resp:
+            data: bytes = resp.read()
+            return data
+    except urllib.error.HTTPError as err:
+        raise _connect_error(base_url, err.code, err.read()) from err
+    except urllib.error.URLError as err:
+        reason = err.reason
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            raise PermissionDeniedError(
+                f"the certificate of {base_url} is not trusted ({reason.verify_message}); give "
+                "the server's CA or self-signed certificate with --tls-ca"
+            ) from err
+        raise PreconditionError(
+            f"histosic server {base_url} is not reachable ({reason}); start it with "
+            "`histosic serve` or check the URL"
+        ) from err
+
+
+def _connect_error(base_url: str, http_status: int, body: bytes) -> HistosicError:
+    try:
+        err = json.loads(body)
+        code, message = str(err.get("code", "")), str(err.get("message", ""))
+    except (ValueError, AttributeError):
+        code, message = "", body[:200].decode("utf-8", "replace")
+    name = "CANCELLED" if code == "canceled" else code.upper()
+    cls = _ERRORS.get(grpc.StatusCode[name]) if name in grpc.StatusCode.__members__ else None
+    if cls is None:
+        return HistosicError(f"server {base_url}: {name or http_status}: {message}")
+    return cls(f"server {base_url}: {message}")
 
 
 def download_embedding(

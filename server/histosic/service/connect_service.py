@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -25,6 +26,7 @@ from histosic.api.v1 import (
     embedding_pb2,
 )
 from histosic.service.api import HistosicApi
+from histosic.service.calls import CallGuard
 from histosic.service.status import status_of
 
 __all__ = ["CompactJSONCodec", "TokenCheck", "make_wsgi_app"]
@@ -38,6 +40,8 @@ M = TypeVar("M", bound=Message)
 # grpc.StatusCode names -> Connect codes (Connect spells CANCELED with one L).
 _CODES = {c.name: c for c in Code}
 _CODES["CANCELLED"] = Code.CANCELED
+
+_local = threading.local()  # the WSGI environ of the request this thread serves
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -127,18 +131,33 @@ class _Embedding:
 
 
 class _Clustering:
-    def __init__(self, api: HistosicApi) -> None:
+    """Cluster and Colors under the :class:`CallGuard`: ``Connect-Timeout-Ms`` is the deadline,
+    and where the HTTP server can tell (waitress), a closed connection ends the work too."""
+
+    def __init__(self, api: HistosicApi, guard: CallGuard) -> None:
         self.api = api
+        self.guard = guard
+
+    def _guarded(self, rpc: str, fn: Callable[[Req], Res], request: Req, ctx: Any) -> Res:
+        remaining_ms = ctx.timeout_ms  # a property: milliseconds left, or None
+        timeout = None if remaining_ms is None else remaining_ms / 1000.0
+        environ = getattr(_local, "environ", None) or {}
+        disconnected = environ.get("waitress.client_disconnected")
+        return _unary(
+            rpc,
+            lambda r: self.guard.run(rpc, lambda: fn(r), timeout=timeout, gone=disconnected),
+            request,
+        )
 
     def cluster(
         self, request: clustering_pb2.ClusterRequest, ctx: Any, /
     ) -> clustering_pb2.ClusterResponse:
-        return _unary("Cluster", self.api.cluster, request)
+        return self._guarded("Cluster", self.api.cluster, request, ctx)
 
     def colors(
         self, request: clustering_pb2.ColorsRequest, ctx: Any, /
     ) -> clustering_pb2.ColorsResponse:
-        return _unary("Colors", self.api.colors, request)
+        return self._guarded("Colors", self.api.colors, request, ctx)
 
 
 class TokenCheck:
@@ -166,7 +185,11 @@ class TokenCheck:
 
 
 def make_wsgi_app(
-    api: HistosicApi, *, token: str | None = None, read_max_bytes: int = 16 << 20
+    api: HistosicApi,
+    *,
+    token: str | None = None,
+    read_max_bytes: int = 16 << 20,
+    guard: CallGuard | None = None,
 ) -> WSGIApp:
     """One WSGI application serving both services with the Connect protocol.
 
@@ -179,7 +202,7 @@ def make_wsgi_app(
             _Embedding(api), interceptors=interceptors, read_max_bytes=read_max_bytes, codecs=codecs
         ),
         "/histosic.v1.ClusteringService/": clustering_connect.ClusteringServiceWSGIApplication(
-            _Clustering(api),
+            _Clustering(api, guard if guard is not None else CallGuard()),
             interceptors=interceptors,
             read_max_bytes=read_max_bytes,
             codecs=codecs,
@@ -196,7 +219,12 @@ def make_wsgi_app(
             return [body]
         for prefix, sub in apps.items():
             if path.startswith(prefix):
-                return sub(environ, start_response)
+                # The servicers run on this thread; they read the transport's hooks from here.
+                _local.environ = environ
+                try:
+                    return sub(environ, start_response)
+                finally:
+                    _local.environ = None
         body = json.dumps(
             {"code": "unimplemented", "message": f"no RPC at {path!r}; see the histosic.v1 protos"}
         ).encode()

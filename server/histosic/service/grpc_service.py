@@ -16,9 +16,16 @@ from histosic.api.v1 import (
     embedding_pb2_grpc,
 )
 from histosic.service.api import HistosicApi
+from histosic.service.calls import CallGuard
 from histosic.service.status import status_of
 
-__all__ = ["ClusteringServicer", "EmbeddingServicer", "TokenInterceptor", "add_embedding_servicer"]
+__all__ = [
+    "ClusteringServicer",
+    "DecodeGuard",
+    "EmbeddingServicer",
+    "TokenInterceptor",
+    "add_embedding_servicer",
+]
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +36,23 @@ Res = TypeVar("Res")
 _OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
-def _unary(rpc: str, fn: Callable[[Req], Res], request: Req, context: grpc.ServicerContext) -> Res:
+def _unary(
+    rpc: str,
+    fn: Callable[[Req], Res],
+    request: Req,
+    context: grpc.ServicerContext,
+    guard: CallGuard | None = None,
+) -> Res:
     try:
-        return fn(request)
+        if guard is None:
+            return fn(request)
+        # The work ends with the call: at the client's deadline, or when the client is gone.
+        return guard.run(
+            rpc,
+            lambda: fn(request),
+            timeout=context.time_remaining(),
+            gone=lambda: not context.is_active(),
+        )
     except Exception as err:  # every error leaves through the one mapping
         st = status_of(err, rpc=rpc)
         context.abort(grpc.StatusCode[st.code], st.message)
@@ -125,18 +146,73 @@ def add_embedding_servicer(servicer: EmbeddingServicer, server: grpc.Server) -> 
 
 
 class ClusteringServicer(clustering_pb2_grpc.ClusteringServiceServicer):
-    def __init__(self, api: HistosicApi) -> None:
+    """Cluster and Colors run under a :class:`CallGuard`: a deadline, a cancelled call or the
+    server stopping ends the computation."""
+
+    def __init__(self, api: HistosicApi, guard: CallGuard | None = None) -> None:
         self.api = api
+        self.guard = guard if guard is not None else CallGuard()
 
     def Cluster(
         self, request: clustering_pb2.ClusterRequest, context: grpc.ServicerContext
     ) -> clustering_pb2.ClusterResponse:
-        return _unary("Cluster", self.api.cluster, request, context)
+        return _unary("Cluster", self.api.cluster, request, context, self.guard)
 
     def Colors(
         self, request: clustering_pb2.ColorsRequest, context: grpc.ServicerContext
     ) -> clustering_pb2.ColorsResponse:
-        return _unary("Colors", self.api.colors, request, context)
+        return _unary("Colors", self.api.colors, request, context, self.guard)
+
+
+class _Undecodable:
+    """What the guarded deserializer gives for bytes that are not the request message."""
+
+    def __init__(self, size: int, reason: str) -> None:
+        self.size, self.reason = size, reason
+
+
+def _tolerant(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception as err:  # protobuf's DecodeError, or anything a parser raises
+            return _Undecodable(len(data), " ".join(str(err).split())[:120] or type(err).__name__)
+
+    return deserialize
+
+
+def _refusing(behaviour: Callable[[Any, grpc.ServicerContext], Any], method: str) -> Any:
+    def call(request: Any, context: grpc.ServicerContext) -> Any:
+        if isinstance(request, _Undecodable):
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the request to {method} is not a valid protobuf message of its type "
+                f"({request.size} bytes: {request.reason}); send the message the API defines",
+            )
+        return behaviour(request, context)
+
+    return call
+
+
+class DecodeGuard(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Answer request bytes that do not parse as INVALID_ARGUMENT (grpcio itself says INTERNAL
+    "Exception deserializing request!"), before the servicer runs."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        parse = getattr(handler, "request_deserializer", None)
+        if handler is None or parse is None or handler.request_streaming:
+            return handler
+        method = (handler_call_details.method or "").rsplit("/", 1)[-1]
+        kind = "unary_stream" if handler.response_streaming else "unary_unary"
+        return handler._replace(  # grpc's handlers are named tuples
+            request_deserializer=_tolerant(parse),
+            **{kind: _refusing(getattr(handler, kind), method)},
+        )
 
 
 def _deny(message: str) -> grpc.RpcMethodHandler:

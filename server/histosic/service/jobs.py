@@ -57,6 +57,16 @@ class EmbedRequest:
     slide_mpp: float | None = None
     overwrite: bool = False
     batch_size: int = 0
+    # What makes the embedding what it is (service.plan.EmbeddingPlan.identity): slide content,
+    # resolution, tiling, model and weights. Jobs are merged only when it is equal.
+    identity: tuple[tuple[str, Any], ...] = ()
+    patches_estimate: int = 0  # the grid size before the tissue filter, known at submission
+
+    def same_embedding(self, other: EmbedRequest) -> bool:
+        """True when ``other`` makes the same embedding (then its job is this one's)."""
+        if self.identity or other.identity:
+            return self.identity == other.identity and self.out == other.out
+        return self.out == other.out
 
 
 @dataclass(frozen=True)
@@ -185,7 +195,7 @@ class JobManager:
             if self._stopping:
                 raise PreconditionError("the server is shutting down; start the job again later")
             for job in self._jobs.values():
-                if not job.snap.state.finished and job.snap.request.out == request.out:
+                if not job.snap.state.finished and job.snap.request.same_embedding(request):
                     return job.snap
             waiting = sum(len(q) for q in self._queues.values())
             if waiting >= self.max_queue:
@@ -249,8 +259,8 @@ class JobManager:
             state = job.snap.state
             if state.finished:
                 raise PreconditionError(
-                    f"job {job_id} has already {state.name.lower()}; only queued or running jobs "
-                    "can be cancelled"
+                    f"job {job_id} is already {state.name.lower()} (finished); only queued or "
+                    "running jobs can be cancelled"
                 )
             job.cancel.set()
             if state is JobState.QUEUED:

@@ -16,7 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from urllib.parse import unquote, urlparse
 
-from histosic.errors import InvalidInputError, PermissionDeniedError, SlideNotFoundError
+from histosic.errors import (
+    InvalidInputError,
+    PermissionDeniedError,
+    SlideNotFoundError,
+    check_name_lengths,
+    shown,
+)
 
 __all__ = ["SlideResolver", "parse_slide_reference"]
 
@@ -46,14 +52,14 @@ def parse_slide_reference(ref: str) -> tuple[str, tuple[str, ...], bool]:
     if len(ref) > _MAX_REFERENCE:
         raise InvalidInputError(f"the slide reference is {len(ref)} characters long (max 4096)")
     if "\x00" in ref:
-        raise InvalidInputError(f"the slide reference {ref!r} contains a NUL character")
+        raise InvalidInputError(f"the slide reference {shown(ref)} contains a NUL character")
     text = ref.strip()
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", text) and not _WINDOWS_DRIVE.match(text):
         url = urlparse(text)
         if url.scheme.lower() != "file":
             raise InvalidInputError(
-                f"slide reference {ref!r} has the URI scheme {url.scheme!r}; only file: URIs and "
-                "paths are accepted"
+                f"slide reference {shown(ref)} has the URI scheme {shown(url.scheme)}; only file: "
+                "URIs and paths are accepted"
             )
         path = unquote(url.path)
         if url.netloc and url.netloc.lower() != "localhost":
@@ -66,9 +72,11 @@ def parse_slide_reference(ref: str) -> tuple[str, tuple[str, ...], bool]:
     if _WINDOWS_DRIVE.match(text) or text.startswith("\\\\") or "\\" in text:
         win = PureWindowsPath(text)
         parts = tuple(p for p in win.parts if p not in (win.anchor,))
+        check_name_lengths(f"slide reference {shown(ref)}", parts)
         return "windows", parts, bool(win.anchor)
     posix = PurePosixPath(text)
     parts = tuple(p for p in posix.parts if p != "/")
+    check_name_lengths(f"slide reference {shown(ref)}", parts)
     return "posix", parts, posix.is_absolute()
 
 
@@ -99,10 +107,10 @@ class SlideResolver:
         for root in self.roots:
             if _inside(real, root):
                 return real
+        # The roots are not named: a client learns no absolute path of the server's.
         raise PermissionDeniedError(
-            f"slide {ref!r} is outside the server's slide roots "
-            f"({', '.join(str(r) for r in self.roots)}); put the slide under a root or start the "
-            "server with another --slide-root"
+            f"slide {shown(ref)} is outside the server's slide roots; give a path relative to a "
+            "slide root (ask the server's operator which folders those are)"
         )
 
     def resolve(self, ref: str) -> Path:
@@ -121,19 +129,19 @@ class SlideResolver:
         flavour, parts, absolute = parse_slide_reference(ref)
         if not self.roots:
             raise PermissionDeniedError(
-                f"slide {ref!r} cannot be read: the server was started without --slide-root, so it "
-                "reads no slides (restart it with --slide-root DIR)"
+                f"slide {shown(ref)} cannot be read: the server was started without --slide-root, "
+                "so it reads no slides (restart it with --slide-root DIR)"
             )
         if not parts:
-            raise InvalidInputError(f"slide reference {ref!r} names no file")
+            raise InvalidInputError(f"slide reference {shown(ref)} names no file")
         if flavour == "posix" and absolute:
             real = self._check_inside(ref, Path("/", *parts))
             if not real.is_file():
-                raise SlideNotFoundError(f"slide {ref!r} does not exist on the server")
+                raise SlideNotFoundError(f"slide {shown(ref)} {self._missing(real)} on the server")
             return real
         if ".." in parts:
             raise PermissionDeniedError(
-                f"slide reference {ref!r} contains '..'; give a path inside a slide root"
+                f"slide reference {shown(ref)} contains '..'; give a path inside a slide root"
             )
         if flavour == "windows" and absolute:
             # A client's Windows path cannot exist on this machine as written: find the longest
@@ -145,16 +153,26 @@ class SlideResolver:
                     if candidate.is_file():
                         return self._check_inside(ref, candidate)
             raise SlideNotFoundError(
-                f"slide {ref!r} was not found under the server's slide roots (looked for the end "
-                f"of the path, down to {parts[-1]!r})"
+                f"slide {shown(ref)} was not found under the server's slide roots (looked for the "
+                f"end of the path, down to {shown(parts[-1])})"
             )
         # Relative: under the first root that has it.
+        what = "does not exist"
         for root in self.roots:
             candidate = root.joinpath(*parts)
             real = self._check_inside(ref, candidate)
             if real.is_file():
                 return real
-        raise SlideNotFoundError(
-            f"slide {ref!r} does not exist under the server's slide roots "
-            f"({', '.join(str(r) for r in self.roots)})"
-        )
+            if what == "does not exist":
+                what = self._missing(real)
+        raise SlideNotFoundError(f"slide {shown(ref)} {what} under the server's slide roots")
+
+    @staticmethod
+    def _missing(real: Path) -> str:
+        """Why a path inside a root is no slide: missing, or a folder."""
+        try:
+            if real.is_dir():
+                return "is a folder, not a slide file,"
+        except OSError:
+            pass
+        return "does not exist"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,17 +22,22 @@ from grpc_reflection.v1alpha import reflection
 
 from histosic.api.v1 import clustering_pb2, clustering_pb2_grpc, embedding_pb2
 from histosic.catalog import EmbeddingCache, EmbeddingCatalog
+from histosic.config import DEFAULT_SHUTDOWN_GRACE_S, MAX_PATCHES_PER_JOB
 from histosic.errors import InvalidInputError
 from histosic.service.api import HistosicApi
+from histosic.service.calls import CallGuard
 from histosic.service.connect_service import make_wsgi_app
 from histosic.service.grpc_service import (
     ClusteringServicer,
+    DecodeGuard,
     EmbeddingServicer,
     TokenInterceptor,
     add_embedding_servicer,
 )
+from histosic.service.https import HttpsServer
 from histosic.service.jobs import EmbedFunction, JobManager
 from histosic.service.paths import SlideResolver
+from histosic.service.status import hide_paths
 
 __all__ = ["HistosicServer", "ServerConfig", "create_server", "is_loopback"]
 
@@ -63,6 +69,8 @@ class ServerConfig:
     max_request_bytes: int = 16 << 20
     max_response_bytes: int = 512 << 20
     max_queue: int = 64
+    max_patches_per_job: int = MAX_PATCHES_PER_JOB
+    shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
     tls_cert: Path | None = None
     tls_key: Path | None = None
     http_address: str | None = "127.0.0.1:0"  # None = no Connect server
@@ -74,6 +82,15 @@ def _split(address: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise InvalidInputError(f"address {address!r} must be HOST:PORT (e.g. 127.0.0.1:50051)")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _read_pem(path: Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise InvalidInputError(
+            f"cannot read the TLS {what} {path}: {err.strerror or err}; give a PEM file"
+        ) from err
 
 
 def is_loopback(host: str) -> bool:
@@ -94,6 +111,7 @@ class HistosicServer:
         self.catalog = EmbeddingCatalog(config.store)
         self.cache = EmbeddingCache(config.cache_bytes)
         self.resolver = SlideResolver(config.slide_roots)
+        hide_paths((self.catalog.store, *self.resolver.roots))  # client messages: relative paths
         self.jobs = JobManager(
             config.devices,
             workers=config.embed_workers,
@@ -101,8 +119,17 @@ class HistosicServer:
             max_queue=config.max_queue,
             embed=config.embed,
         )
-        self.api = HistosicApi(self.catalog, self.cache, self.resolver, self.jobs)
-        interceptors = [TokenInterceptor(config.token)] if config.token else []
+        self.api = HistosicApi(
+            self.catalog,
+            self.cache,
+            self.resolver,
+            self.jobs,
+            max_patches_per_job=config.max_patches_per_job,
+        )
+        # The token first: an unauthenticated caller learns nothing, not even a decode error.
+        interceptors: list[grpc.ServerInterceptor] = [DecodeGuard()]
+        if config.token:
+            interceptors.insert(0, TokenInterceptor(config.token))
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(
                 max_workers=config.grpc_threads, thread_name_prefix="histosic-grpc"
@@ -115,8 +142,9 @@ class HistosicServer:
             ],
         )
         add_embedding_servicer(EmbeddingServicer(self.api), self.grpc)
+        self.guard = CallGuard()
         clustering_pb2_grpc.add_ClusteringServiceServicer_to_server(
-            ClusteringServicer(self.api), self.grpc
+            ClusteringServicer(self.api, self.guard), self.grpc
         )
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
@@ -128,7 +156,7 @@ class HistosicServer:
             if not (config.tls_cert and config.tls_key):
                 raise InvalidInputError("TLS needs both --tls-cert and --tls-key")
             creds = grpc.ssl_server_credentials(
-                [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())]
+                [(_read_pem(config.tls_key, "key"), _read_pem(config.tls_cert, "certificate"))]
             )
             self.port = self.grpc.add_secure_port(address, creds)
         else:
@@ -139,41 +167,79 @@ class HistosicServer:
         self._http: Any = None
         self._http_thread: threading.Thread | None = None
         self.http_port = 0
+        self._https: HttpsServer | None = None
         if config.http_address is not None:
-            from waitress.server import BaseWSGIServer
-            from waitress.server import create_server as create_http_server
-
-            hhost, hport = _split(config.http_address)
             app = make_wsgi_app(
-                self.api, token=config.token, read_max_bytes=config.max_request_bytes
+                self.api,
+                token=config.token,
+                read_max_bytes=config.max_request_bytes,
+                guard=self.guard,
             )
-            try:
-                server = create_http_server(
-                    app,
-                    host=hhost,
-                    port=hport,
-                    threads=config.http_threads,
-                    # Connect answers RESOURCE_EXHAUSTED above max_request_bytes; waitress cuts
-                    # the connection only far above it, as a last guard.
-                    max_request_body_size=2 * config.max_request_bytes,
-                    # Keep large responses (the GeoJSON of 100k tiles is ~40 MB) in memory:
-                    # waitress spools anything above 1 MB to a temporary file by default.
-                    outbuf_overflow=64 << 20,
-                    expose_tracebacks=False,
-                    ident="histosic",
-                    clear_untrusted_proxy_headers=True,
-                )
-            except OSError as err:
-                self.grpc.stop(None)
-                raise InvalidInputError(
-                    f"cannot bind HTTP to {config.http_address!r}: {err}"
-                ) from err
-            if not isinstance(server, BaseWSGIServer):  # one host name, one socket
-                raise InvalidInputError(
-                    f"HTTP address {config.http_address!r} gives several sockets"
-                )
-            self._http = server
-            self.http_port = int(server.effective_port)  # type: ignore[attr-defined]
+            if config.tls_cert and config.tls_key:
+                self._https = self._bind_https(app, config)
+                self.http_port = self._https.port
+            else:
+                self._http = self._bind_http(app, config)
+                self.http_port = int(self._http.effective_port)
+        self._stopped = threading.Event()
+
+    @property
+    def http_scheme(self) -> str:
+        """``https`` when the Connect port speaks TLS (``--tls-cert``), else ``http``."""
+        return "https" if self._https is not None else "http"
+
+    def _bind_https(self, app: Any, config: ServerConfig) -> HttpsServer:
+        """The Connect port over HTTPS with the gRPC port's certificate (cheroot)."""
+        assert config.http_address is not None and config.tls_cert and config.tls_key
+        hhost, hport = _split(config.http_address)
+        try:
+            return HttpsServer(
+                app,
+                hhost,
+                hport,
+                cert=Path(config.tls_cert),
+                key=Path(config.tls_key),
+                threads=config.http_threads,
+                max_body=2 * config.max_request_bytes,
+            )
+        except InvalidInputError:
+            self.grpc.stop(None)
+            raise
+
+    def _bind_http(self, app: Any, config: ServerConfig) -> Any:
+        """The Connect port over plain HTTP (waitress)."""
+        from waitress.server import BaseWSGIServer
+        from waitress.server import create_server as create_http_server
+
+        assert config.http_address is not None
+        hhost, hport = _split(config.http_address)
+        try:
+            server = create_http_server(
+                app,
+                host=hhost,
+                port=hport,
+                threads=config.http_threads,
+                # Connect answers RESOURCE_EXHAUSTED above max_request_bytes; waitress cuts
+                # the connection only far above it, as a last guard.
+                max_request_body_size=2 * config.max_request_bytes,
+                # Keep large responses (the GeoJSON of 100k tiles is ~40 MB) in memory:
+                # waitress spools anything above 1 MB to a temporary file by default.
+                outbuf_overflow=64 << 20,
+                expose_tracebacks=False,
+                ident="histosic",
+                clear_untrusted_proxy_headers=True,
+                # A readable channel while a request runs lets waitress notice a client
+                # that closed its connection (environ["waitress.client_disconnected"]).
+                channel_request_lookahead=1,
+            )
+        except OSError as err:
+            self.grpc.stop(None)
+            raise InvalidInputError(f"cannot bind HTTP to {config.http_address!r}: {err}") from err
+        if not isinstance(server, BaseWSGIServer):  # one host name, one socket
+            self.grpc.stop(None)
+            raise InvalidInputError(f"HTTP address {config.http_address!r} gives several sockets")
+        return server
+
         self._stopped = threading.Event()
 
     def start(self) -> HistosicServer:
@@ -187,28 +253,42 @@ class HistosicServer:
                 daemon=True,
             )
             self._http_thread.start()
+        if self._https is not None:
+            self._https.start()
         log.info(
             "serving gRPC on %s:%d%s",
             self.host,
             self.port,
-            f", Connect (HTTP) on port {self.http_port}" if self._http is not None else "",
+            f", Connect ({self.http_scheme}) on port {self.http_port}" if self.http_port else "",
         )
         return self
 
-    def stop(self, grace: float | None = 5.0) -> None:
-        """Stop accepting calls, cancel jobs (their partial files are removed), then stop."""
+    def stop(self, grace: float | None = None) -> None:
+        """Stop within ``grace`` seconds (default: ``ServerConfig.shutdown_grace_s``).
+
+        New calls are refused at once; running Cluster and Colors calls are ended (CANCELLED) and
+        embedding jobs cancelled between batches (their partial files removed); both ports close.
+        """
         if self._stopped.is_set():
             return
         self._stopped.set()
+        end = time.monotonic() + (self.config.shutdown_grace_s if grace is None else grace)
+
+        def left() -> float:
+            return max(0.0, end - time.monotonic())
+
         self.health.enter_graceful_shutdown()
-        self.jobs.shutdown(timeout=grace if grace is not None else 30.0)
-        done = self.grpc.stop(grace)
+        self.guard.stop()
+        done = self.grpc.stop(left())
+        self.jobs.shutdown(timeout=left())
         if self._http is not None:
-            self._close_http()
-        done.wait(grace)
+            self._close_http(left())
+        if self._https is not None:
+            self._https.close(left())
+        done.wait(left())
         log.info("server stopped")
 
-    def _close_http(self) -> None:
+    def _close_http(self, timeout: float) -> None:
         """Close the HTTP server from inside its own event loop.
 
         Closing its sockets from this thread while the loop sits in ``select()`` on them made the
@@ -227,7 +307,7 @@ class HistosicServer:
             wasyncore.close_all(http._map)
 
         http.trigger.pull_trigger(close_all)
-        thread.join(5.0)
+        thread.join(max(timeout, 0.5))
         http.task_dispatcher.shutdown()
 
     def wait(self) -> None:

@@ -53,6 +53,13 @@ class ModelInfo(_message.Message):
     INPUT_SIZE_FIELD_NUMBER: _builtins.int
     AVAILABLE_FIELD_NUMBER: _builtins.int
     UNAVAILABLE_REASON_FIELD_NUMBER: _builtins.int
+    LICENCE_FIELD_NUMBER: _builtins.int
+    GATED_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    MPP_FIELD_NUMBER: _builtins.int
+    PATCH_SIZE_FIELD_NUMBER: _builtins.int
+    PRECISION_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     dim: _builtins.int
     """Embedding dimension."""
@@ -63,6 +70,20 @@ class ModelInfo(_message.Message):
     """False when the weights or libraries are missing on this server."""
     unavailable_reason: _builtins.str
     """Why the model is unavailable, when it is."""
+    licence: _builtins.str
+    """The weights' licence (empty where none applies, e.g. random or hand-crafted features)."""
+    gated: _builtins.bool
+    """The hub asks users to accept the authors' terms first: a token (HF_TOKEN) is needed."""
+    page: _builtins.str
+    """The model card."""
+    mpp: _builtins.float
+    """Microns per pixel the model was trained at (0: not stated, any)."""
+    patch_size: _builtins.int
+    """Tiling patch side at which patches reach the network unresampled (0: any)."""
+    precision: _builtins.str
+    """Inference precision on a GPU: float16, bfloat16, float32, or auto."""
+    source: _builtins.str
+    """Where the weights come from when the model is available (cache, download, local file)."""
     def __init__(
         self,
         *,
@@ -72,10 +93,17 @@ class ModelInfo(_message.Message):
         input_size: _builtins.int = ...,
         available: _builtins.bool = ...,
         unavailable_reason: _builtins.str = ...,
+        licence: _builtins.str = ...,
+        gated: _builtins.bool = ...,
+        page: _builtins.str = ...,
+        mpp: _builtins.float = ...,
+        patch_size: _builtins.int = ...,
+        precision: _builtins.str = ...,
+        source: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "description", b"description", "dim", b"dim", "input_size", b"input_size", "name", b"name", "unavailable_reason", b"unavailable_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "description", b"description", "dim", b"dim", "gated", b"gated", "input_size", b"input_size", "licence", b"licence", "mpp", b"mpp", "name", b"name", "page", b"page", "patch_size", b"patch_size", "precision", b"precision", "source", b"source", "unavailable_reason", b"unavailable_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

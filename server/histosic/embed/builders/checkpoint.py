@@ -1,4 +1,6 @@
-"""``checkpoint:<path>``: a user's own torchvision-style ResNet state dict (weights_only)."""
+"""``checkpoint:<path>``: a user's own state dict (weights_only): a torchvision-style ResNet, or a
+timm-style vision transformer (:mod:`histosic.embed.builders.vit` reads its architecture from the
+tensors)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from histosic.embed.builders.state import (
     resnet_arch,
     torchvision_resnet,
 )
+from histosic.embed.builders.vit import build_vit, is_vit, vit_config
 from histosic.embed.registry import ModelInfo, checkpoint_input
 from histosic.errors import ModelUnavailableError
 
@@ -28,9 +31,22 @@ def describe(kind: str, arg: str) -> ModelInfo:
             "use 'handcrafted' or 'resnet18-random'"
         )
     obj = load_state_file(path)
-    arch, _ = resnet_arch(clean_state_dict(obj), arg)
-    dim = 512 if arch in ("resnet18", "resnet34") else 2048
+    state = clean_state_dict(obj)
     size, mean, std, note = checkpoint_input(obj, arg)
+    if is_vit(state):
+        cfg = vit_config(state, arg)
+        img = int(cfg["img_size"]) if not isinstance(obj, dict) or "histosic" not in obj else size
+        return ModelInfo(
+            f"checkpoint:{arg}",
+            int(cfg["embed_dim"]),
+            img,
+            mean,
+            std,
+            f"ViT ({cfg['embed_dim']} wide, {cfg['depth']} blocks, patch {cfg['patch_size']}, "
+            f"{cfg['global_pool']} pooling) with the user's own weights from {arg}{note}",
+        )
+    arch, _ = resnet_arch(state, arg)
+    dim = 512 if arch in ("resnet18", "resnet34") else 2048
     return ModelInfo(
         f"checkpoint:{arg}",
         dim,
@@ -44,6 +60,9 @@ def describe(kind: str, arg: str) -> ModelInfo:
 def build(kind: str, arg: str) -> nn.Module:
     path = Path(arg).expanduser()
     state = clean_state_dict(load_state_file(path))
+    if is_vit(state):
+        model, _ = build_vit(state, str(path))
+        return model
     arch, _ = resnet_arch(state, str(path))
     model = torchvision_resnet(arch)
     load_into(model, state, str(path))

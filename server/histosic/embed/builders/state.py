@@ -101,7 +101,8 @@ def resnet_arch(state: Mapping[str, torch.Tensor], source: str) -> tuple[str, tu
     if arch is None or "conv1.weight" not in state:
         raise CorruptFileError(
             f"{source} does not hold a torchvision-style ResNet state dict (found {len(state)} "
-            f"tensors, layers {blocks}); for other architectures use timm:<name>"
+            f"tensors, layers {blocks}) nor a timm-style vision transformer (patch_embed.proj, "
+            "blocks.N); for other architectures use timm:<name>"
         )
     return arch, tuple(blocks)
 

@@ -1,0 +1,156 @@
+"""Pathology foundation models (:mod:`histosic.embed.foundation`): exact architecture, weights,
+pooling.
+
+The architecture is built from the row (timm or ``transformers``) with no weights downloaded by
+the library itself; the weights file comes from :mod:`histosic.embed.hub` (``--weights``, the hub
+cache, or one download) and is loaded strictly, so a file of another architecture fails with the
+first mismatching key. The returned module maps normalised (n, 3, s, s) images to (n, dim)
+embeddings with the authors' pooling.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from histosic.embed import hub
+from histosic.embed.foundation import Foundation, by_name
+from histosic.errors import CorruptFileError
+
+__all__ = ["Pooled", "architecture", "build", "load_weights"]
+
+
+class Pooled(nn.Module):
+    """A backbone and the authors' pooling of its output tokens."""
+
+    def __init__(self, model: nn.Module, loader: str, pool: str, prefix_tokens: int) -> None:
+        super().__init__()
+        self.model = model
+        self.loader = loader
+        self.pool = pool
+        self.prefix_tokens = prefix_tokens
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.loader == "transformers":
+            res = self.model(pixel_values=x)
+            if self.pool == "pooler":
+                pooled: torch.Tensor = res.pooler_output
+                return pooled
+            tokens: torch.Tensor = res.last_hidden_state
+        else:
+            tokens = self.model(x)
+            if tokens.ndim == 2:  # timm with global_pool="token": the class token already
+                return tokens
+        if self.pool == "cls+mean":
+            return torch.cat([tokens[:, 0], tokens[:, self.prefix_tokens :].mean(1)], dim=-1)
+        return tokens[:, 0]
+
+
+def _timm_kwargs(fm: Foundation) -> dict[str, Any]:
+    kwargs: dict[str, Any] = dict(fm.kwargs)
+    if fm.swiglu:
+        from timm.layers import SwiGLUPacked  # type: ignore[attr-defined]
+
+        kwargs.update(mlp_layer=SwiGLUPacked, act_layer=nn.SiLU)
+    return kwargs
+
+
+def _transformers_config(fm: Foundation, folder: Path | None) -> Any:
+    import transformers
+
+    model_cls = getattr(transformers, fm.arch)
+    config_cls = model_cls.config_class
+    config_file = folder / "config.json" if folder is not None else None
+    if config_file is not None and config_file.is_file():
+        import json
+
+        try:
+            raw = json.loads(config_file.read_text())
+        except (OSError, ValueError) as err:
+            raise CorruptFileError(f"{config_file} is not JSON ({err})") from err
+        if not isinstance(raw, dict):
+            raise CorruptFileError(f"{config_file} is not a JSON object")
+        raw.pop("auto_map", None)  # remote code is never run
+        return config_cls.from_dict(raw)
+    return config_cls(**dict(fm.kwargs))
+
+
+def architecture(fm: Foundation, folder: Path | None = None) -> tuple[nn.Module, int]:
+    """The untrained network of a row and its number of prefix (class + register) tokens.
+
+    Built on the current default device: under ``torch.device("meta")`` no memory is allocated
+    (dimension and parameter checks).
+    """
+    if fm.loader == "timm":
+        import timm
+
+        model: nn.Module = timm.create_model(
+            fm.arch, pretrained=False, num_classes=0, **_timm_kwargs(fm)
+        )
+        return model, int(getattr(model, "num_prefix_tokens", 1))
+    import transformers
+
+    config = _transformers_config(fm, folder)
+    model_cls = getattr(transformers, fm.arch)
+    kwargs = {"add_pooling_layer": False} if fm.arch == "ViTModel" else {}
+    model = model_cls(config, **kwargs)
+    prefix = 1 + int(getattr(config, "num_register_tokens", 0))
+    return model, prefix
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors or a ``torch.save`` state dict (``weights_only=True``)."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise CorruptFileError(
+            f"{path} is not a weights file that loads safely ({type(err).__name__}: {first}); "
+            "download it again or give another --weights"
+        ) from err
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not state:
+        raise CorruptFileError(f"{path} holds no state dict (a mapping of tensors)")
+    return {str(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def _strip(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Drop a base-model prefix (``vit.``, ``dinov2.``) and an unused pooler head."""
+    want = set(model.state_dict())
+    for prefix in ("vit.", "dinov2.", "module.", "model."):
+        if not (set(state) & want) and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    return {k: v for k, v in state.items() if not (k.startswith("pooler.") and k not in want)}
+
+
+def _fit(fm: Foundation, model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    state = _strip(state, model)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0]
+        raise CorruptFileError(
+            f"weights in {source} do not fit {fm.name} ({fm.arch}): {detail[:300]}"
+        ) from err
+
+
+def build(kind: str, arg: str) -> nn.Module:
+    """The model with its weights, pooling included, in eval mode on the CPU."""
+    fm = by_name(kind)
+    path = hub.locate(fm, arg)
+    model, prefix = architecture(fm, path.parent)
+    _fit(fm, model, load_weights(path), str(path))
+    out = Pooled(model, fm.loader, fm.pool, prefix)
+    out.eval()
+    return out

@@ -29,7 +29,8 @@ install-demo: $(VENV)/.installed-demo
 # libraries QuPath's own jars (../shared/qupath/<version>/, tests/test_qupath_real.py) run on.
 # Only missing packages are installed, and only as root; otherwise a warning names them.
 SYSTEM_PACKAGES := default-jdk-headless groovy libgoogle-gson-java libguava-java \
-  libcommons-math3-java libpicocli-java libslf4j-java libyaml-snake-java libjts-java libij-java
+  libcommons-math3-java libpicocli-java libslf4j-java libyaml-snake-java libjts-java libij-java \
+  libopenjfx-java liblogback-java
 
 system-deps:
 	@command -v dpkg-query >/dev/null 2>&1 || exit 0; \

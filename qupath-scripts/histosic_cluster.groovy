@@ -394,17 +394,20 @@ if (settings.live) {
                     continue
                 }
                 def answer
+                def objects
                 try {
                     answer = call('ClusteringService', 'Cluster', clusterRequest(now.seeds))
-                } catch (IOException | IllegalArgumentException e) {
-                    LOG.warn(e.getMessage())
+                    if (!signals.isEmpty()) {
+                        LOG.info('histosic live: a newer change came in; this result is dropped')
+                        continue // a newer change cancels this run: its result is never shown
+                    }
+                    objects = resultObjects(answer)
+                } catch (InterruptedException e) {
+                    throw e
+                } catch (Exception e) {
+                    LOG.warn(e.getMessage()) // one line; live mode stays on for the next change
                     continue
                 }
-                if (!signals.isEmpty()) {
-                    LOG.info('histosic live: a newer change came in; this result is dropped')
-                    continue // a newer change cancels this run: its result is never shown
-                }
-                def objects = resultObjects(answer)
                 if (!signals.isEmpty()) {
                     continue
                 }

@@ -70,7 +70,7 @@ def test_cluster_script_over_a_project(qupath: QuPathJars, tmp_path: Path) -> No
     for s in slides[:2]:  # the third is not embedded
         make_embedding(store / f"{s.stem}.h5", fingerprint=file_fingerprint(s), slide_path=str(s))
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps([{"image": str(s), "points": POINTS} for s in slides]))
+    spec.write_text(json.dumps([{"image": str(s), "points": POINTS, "user": True} for s in slides]))
     project = tmp_path / "project"
     made = _groovy(qupath, "create", str(project), str(spec))
     assert made.returncode == 0, made.stderr
@@ -98,10 +98,12 @@ def test_cluster_script_over_a_project(qupath: QuPathJars, tmp_path: Path) -> No
     assert list(errors) == ["case2.png"]
     assert "no embedding" in errors["case2.png"] and "histosic_embed.groovy" in errors["case2.png"]
     unembedded = json.loads((out / "case2.png.json").read_text())
-    assert unembedded == {
-        "tiles": 0,
-        "points": len(POINTS),
-        "suggested": 0,
-        "classes": {},
-        "all": len(POINTS),
-    }
+    assert unembedded["tiles"] == unembedded["suggested"] == 0 and unembedded["classes"] == {}
+    assert unembedded["points"] == len(POINTS) and unembedded["all"] == len(POINTS) + 2
+    # The user's annotation and detection stay in every image.
+    for s in slides:
+        user = json.loads((out / f"{s.name}.json").read_text())["user"]
+        assert sorted((c, r) for _, c, r in user) == [
+            ("Immune cells", "Ellipse"),
+            ("Region*", "Rectangle"),
+        ]

@@ -6,8 +6,8 @@
  * back (entry.saveImageData); an error is printed for that image and the next one runs.
  *
  * Usage: java -cp <QuPath and Debian jars>:groovy-all.jar groovy.ui.GroovyMain run_project.groovy
- *          create PROJECT_DIR SPEC_JSON
- *          SPEC_JSON: [{"image": PATH, "points": [{"x", "y", "class"}, ...]}, ...]
+ *          create PROJECT_DIR SPEC_JSON | edit PROJECT_DIR SPEC_JSON (see below)
+ *        ... run_project.groovy read PROJECT_DIR OUT_DIR: OUT_DIR/<image name>.json as below
  *        ... run_project.groovy script PROJECT_DIR SCRIPT OUT_DIR [name=value ...]
  *   (QuPath's classes on the JVM's class path, as in QuPath: PathIO refuses to read .qpdata
  *   classes loaded by another loader, e.g. the one of `groovy -cp`.)
@@ -34,25 +34,69 @@ PathClass.StandardPathClasses.TUMOR.getColor() // the GUI holds the standard cla
 // subtypes. Without it a project saves each image's serverBuilder as {} and cannot be reopened.
 ImageServers.getServerBuilderFactory()
 def dir = new File(args[1])
-if (args[0] == 'create') {
-    dir.mkdirs() // an existing folder: the project file goes inside it
-    def project = Projects.createProject(dir, BufferedImage.class)
+def plane = ImagePlane.getDefaultPlane()
+def point = { o ->
+    def cls = o.has('class') && !o.get('class').isJsonNull() ? PathClass.fromString(o.get('class').getAsString()) : null
+    PathObjects.createAnnotationObject(ROIs.createPointsROI(o.get('x').getAsDouble(), o.get('y').getAsDouble(), plane), cls)
+}
+// What each image's saved hierarchy holds, read back from disk.
+def readBack = { File outDir ->
+    outDir.mkdirs()
+    def reopened = ProjectIO.loadProject(new File(dir, 'project.qpproj'), BufferedImage.class)
+    reopened.getImageList().each { entry ->
+        def h = entry.readImageData().getHierarchy()
+        def all = h.getFlattenedObjectList(null).findAll { !it.isRootObject() }
+        def isSuggested = { it.getPathClass() != null && it.getPathClass().toString() == 'histosic: suggested seed' }
+        def summary = [
+            tiles      : h.getTileObjects().size(),
+            points     : all.count { it.isAnnotation() && it.getROI().isPoint() && !isSuggested(it) },
+            suggested  : all.count { isSuggested(it) },
+            classes    : all.findAll { it.isTile() }.collect { it.getPathClass().toString() }.countBy { it },
+            all        : all.size(),
+            user       : all.findAll { it.getName() == 'user region' || (it.isDetection() && !it.isTile()) }
+                    .collect { [it.getID().toString(), it.getPathClass().toString(), it.getROI().getRoiName()] },
+        ]
+        new File(outDir, entry.getImageName() + '.json').setText(new Gson().toJson(summary), 'UTF-8')
+    }
+}
+if (args[0] == 'create' || args[0] == 'edit') {
+    // create: [{"image": PATH, "points": [...], "user": true}]: a new project, one entry per image,
+    //   the points (and with "user" a user's rectangle annotation and detection) saved in it.
+    // edit: [{"imageName": NAME, "points": [...]}]: more points saved into that entry.
+    def project
+    if (args[0] == 'create') {
+        dir.mkdirs() // an existing folder: the project file goes inside it
+        project = Projects.createProject(dir, BufferedImage.class)
+    } else {
+        project = ProjectIO.loadProject(new File(dir, 'project.qpproj'), BufferedImage.class)
+    }
     JsonParser.parseString(new File(args[2]).getText('UTF-8')).getAsJsonArray().each { e ->
         def spec = e.getAsJsonObject()
-        def file = new File(spec.get('image').getAsString())
-        def support = ImageServerProvider.getPreferredUriImageSupport(BufferedImage.class, file.toURI().toString())
-        def entry = project.addImage(support.getBuilders().get(0))
-        entry.setImageName(file.getName())
+        def entry
+        if (args[0] == 'create') {
+            def file = new File(spec.get('image').getAsString())
+            def support = ImageServerProvider.getPreferredUriImageSupport(BufferedImage.class, file.toURI().toString())
+            entry = project.addImage(support.getBuilders().get(0))
+            entry.setImageName(file.getName())
+        } else {
+            entry = project.getImageList().find { it.getImageName() == spec.get('imageName').getAsString() }
+        }
         def imageData = entry.readImageData()
-        def plane = ImagePlane.getDefaultPlane()
-        imageData.getHierarchy().addObjects(spec.getAsJsonArray('points').collect { p ->
-            def o = p.getAsJsonObject()
-            def cls = o.has('class') && !o.get('class').isJsonNull() ? PathClass.fromString(o.get('class').getAsString()) : null
-            PathObjects.createAnnotationObject(ROIs.createPointsROI(o.get('x').getAsDouble(), o.get('y').getAsDouble(), plane), cls)
-        })
+        def objects = spec.getAsJsonArray('points').collect { point(it.getAsJsonObject()) }
+        if (spec.has('user') && spec.get('user').getAsBoolean()) {
+            def region = PathObjects.createAnnotationObject(ROIs.createRectangleROI(100, 100, 300, 200, plane), PathClass.fromString('Region*'))
+            region.setName('user region')
+            objects << region
+            objects << PathObjects.createDetectionObject(ROIs.createEllipseROI(700, 700, 40, 40, plane), PathClass.fromString('Immune cells'))
+        }
+        imageData.getHierarchy().addObjects(objects)
         entry.saveImageData(imageData)
     }
     project.syncChanges()
+    return
+}
+if (args[0] == 'read') {
+    readBack(new File(args[2]))
     return
 }
 
@@ -85,18 +129,5 @@ project.getImageList().each { entry ->
 }
 project.syncChanges()
 
-// What was saved, read back from disk.
-def reopened = ProjectIO.loadProject(new File(dir, 'project.qpproj'), BufferedImage.class)
-reopened.getImageList().each { entry ->
-    def h = entry.readImageData().getHierarchy()
-    def all = h.getFlattenedObjectList(null).findAll { !it.isRootObject() }
-    def summary = [
-        tiles      : h.getTileObjects().size(),
-        points     : all.count { it.isAnnotation() && it.getROI().isPoint() && (it.getPathClass() == null || it.getPathClass().toString() != 'histosic: suggested seed') },
-        suggested  : all.count { it.getPathClass() != null && it.getPathClass().toString() == 'histosic: suggested seed' },
-        classes    : all.findAll { it.isTile() }.collect { it.getPathClass().toString() }.countBy { it },
-        all        : all.size(),
-    ]
-    new File(outDir, entry.getImageName() + '.json').setText(new Gson().toJson(summary), 'UTF-8')
-}
+readBack(outDir)
 new File(outDir, 'errors.json').setText(new Gson().toJson(errors), 'UTF-8')

@@ -8,7 +8,6 @@ import http.server
 import json
 import os
 import re
-import ssl
 import subprocess
 import time
 import urllib.error
@@ -144,12 +143,10 @@ def forwarding_proxy(
     target: str,
     *,
     hold: Callable[[bytes], float] | None = None,
-    tls: ssl.SSLContext | None = None,
 ) -> http.server.ThreadingHTTPServer:
-    """A small HTTP(S) proxy on a free loopback port that forwards every POST to ``target``
-    (a test tool: real HTTP on both sides). ``hold(body)`` gives seconds to hold the answer back;
-    ``tls`` serves HTTPS with that context. Run ``serve_forever`` in a thread; ``shutdown`` ends it.
-    """
+    """A small HTTP proxy on a free loopback port that forwards every POST to ``target`` (a test
+    tool: real HTTP on both sides). ``hold(body)`` gives seconds to hold the answer back. Run
+    ``serve_forever`` in a thread; ``shutdown`` ends it."""
 
     class Forward(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -173,7 +170,4 @@ def forwarding_proxy(
         def log_message(self, *args: object) -> None:
             pass
 
-    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forward)
-    if tls is not None:
-        proxy.socket = tls.wrap_socket(proxy.socket, server_side=True)
-    return proxy
+    return http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forward)

@@ -2,30 +2,21 @@
 trusted through the JVM's truststore (``-Djavax.net.ssl.trustStore``, as QuPath's JVM options set
 it), and without it the script says so in one line.
 
-``histosic serve`` speaks plain HTTP on its Connect port (TLS there is another engineer's change),
-so HTTPS ends at a small TLS proxy in front of it (a test tool: Python's ``ssl`` with a
-certificate made by ``openssl`` for 127.0.0.1); the script, Java's HttpClient and its TLS checks
-are real.
+The server is a real ``histosic serve`` whose Connect port speaks TLS (``--tls-cert``,
+``--tls-key``) with a certificate made by ``openssl`` for 127.0.0.1; the script, Java's HttpClient
+and its TLS checks are real.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import ssl
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from qupath_jars import (
-    VERSION_PARAMS,
-    QuPathJars,
-    forwarding_proxy,
-    qupath_jars,
-    run_qupath_script,
-)
+from qupath_jars import VERSION_PARAMS, QuPathJars, qupath_jars, run_qupath_script
 from test_qupath_cluster_script import POINTS, SCRIPT, check_user_objects_untouched
 from test_service_support import make_embedding, make_slide
 
@@ -71,18 +62,18 @@ def served_https(tmp_path: Path, tls_files: tuple[Path, Path, Path]) -> Iterator
     store = tmp_path / "store"
     store.mkdir()
     make_embedding(store / "tls.h5", fingerprint=file_fingerprint(slide), slide_path=str(slide))
-    server, _ = create_server(
-        "127.0.0.1:0", ServerConfig(store=store, slide_roots=(root,), http_address="127.0.0.1:0")
+    config = ServerConfig(
+        store=store,
+        slide_roots=(root,),
+        http_address="127.0.0.1:0",
+        tls_cert=cert,
+        tls_key=key,
     )
+    server, _ = create_server("127.0.0.1:0", config)
     server.start()
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    proxy = forwarding_proxy(f"http://127.0.0.1:{server.http_port}", tls=context)
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
     try:
-        yield f"https://127.0.0.1:{proxy.server_address[1]}", slide
+        yield f"https://127.0.0.1:{server.http_port}", slide
     finally:
-        proxy.shutdown()
         server.stop(grace=1.0)
 
 

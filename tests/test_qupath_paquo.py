@@ -178,15 +178,6 @@ def test_batch_through_paquo_on_a_qupath_project(
     assert case1["all"] == len(PLAIN) + 1 + 2 + 1600  # seeds, the user's two objects, the new map
 
 
-BATCH_NAME_DEFECT = (
-    "defect in histosic.batch (server code, not this branch's): it reads class names with paquo's "
-    "path_class.name, the last part of a derived class ('Positive' for 'Tumor: Positive', "
-    "'suggested seed' for 'histosic: suggested seed'); path_class.id (QuPath's full toString()) "
-    "is the fix, in run_batch and _is_histosic_object. Strict: passes once fixed, then drop this."
-)
-
-
-@pytest.mark.xfail(strict=True, reason=BATCH_NAME_DEFECT)
 def test_batch_through_paquo_does_not_take_its_suggestions_for_seeds(
     qupath: QuPathJars, paquo_dir: Path, tmp_path: Path
 ) -> None:
@@ -198,7 +189,6 @@ def test_batch_through_paquo_does_not_take_its_suggestions_for_seeds(
     assert _statuses(again) == {"case0.png": "skipped"}, again["images"]
 
 
-@pytest.mark.xfail(strict=True, reason=BATCH_NAME_DEFECT)
 def test_batch_through_paquo_counts_a_derived_class_as_positive(
     qupath: QuPathJars, paquo_dir: Path, tmp_path: Path
 ) -> None:

@@ -158,8 +158,17 @@ def _is_histosic_object(obj: Any) -> bool:
             return True
     except (AttributeError, TypeError):
         pass
-    pc = getattr(obj, "path_class", None)
-    return pc is not None and getattr(pc, "name", None) == SUGGESTED_SEED_CLASS
+    return _class_name(getattr(obj, "path_class", None)) == SUGGESTED_SEED_CLASS
+
+
+def _class_name(path_class: Any) -> str | None:
+    """A paquo path class's full QuPath name: ``id`` (``Tumor: Positive``); its ``name`` is only
+    the last part of a derived class (``Positive``), which would turn derived seeds into
+    negatives and the suggestions (``histosic: suggested seed``) into seeds."""
+    if path_class is None:
+        return None
+    full = getattr(path_class, "id", None)
+    return str(full) if full else getattr(path_class, "name", None)
 
 
 def run_batch(
@@ -247,8 +256,7 @@ def run_batch(
             try:
                 hierarchy = entry.hierarchy
                 seeds, unclassified = seeds_from_geometries(
-                    (a.roi, a.path_class.name if a.path_class is not None else None)
-                    for a in hierarchy.annotations
+                    (a.roi, _class_name(a.path_class)) for a in hierarchy.annotations
                 )
                 outcome.n_seeds = len(seeds)
                 if not seeds:

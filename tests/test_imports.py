@@ -10,6 +10,7 @@ import sys
 CORE = [
     "histosic.atomic",
     "histosic.catalog",
+    "histosic.diskspace",
     "histosic.cluster",
     "histosic.cluster.engine",
     "histosic.cluster.slide",

@@ -28,6 +28,7 @@ MAX_LINES = 700
 CORE = (
     "histosic.atomic",
     "histosic.catalog",
+    "histosic.diskspace",
     "histosic.cluster",
     "histosic.colors",
     "histosic.config",

@@ -17,7 +17,6 @@ resume a killed run from its ``.partial`` file.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import errno
 import hashlib
@@ -26,7 +25,6 @@ import logging
 import os
 import re
 import shutil
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,6 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from histosic import __version__
+from histosic.diskspace import reserve
 from histosic.errors import (
     CorruptFileError,
     DiskFullError,
@@ -248,44 +247,6 @@ def _disk_full(path: Path, needed: int) -> DiskFullError:
     )
 
 
-def _reserve(path: Path, size: int) -> None:
-    """Allocate ``size`` bytes of ``path`` on disk now, so that a disk that fills later cannot
-    make HDF5 fail half-way (filesystems without ``fallocate`` are left as they are).
-
-    Linux's ``fallocate`` with ``FALLOC_FL_KEEP_SIZE`` reserves the blocks without changing the
-    file's length: the file stays exactly what HDF5 wrote, so a truncated copy is still seen as
-    truncated (``posix_fallocate`` would pad it to ``size``).
-    """
-    fallocate = _libc_fallocate()
-    if fallocate is None:
-        return
-    fd = os.open(path, os.O_RDWR)
-    try:
-        if fallocate(fd, _FALLOC_FL_KEEP_SIZE, 0, size) != 0:
-            err = ctypes.get_errno()
-            if err not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                raise OSError(err, os.strerror(err), str(path))
-    finally:
-        os.close(fd)
-
-
-_FALLOC_FL_KEEP_SIZE = 1
-
-
-def _libc_fallocate() -> Any:
-    """libc's ``fallocate(fd, mode, offset, len)``, or None off Linux."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.fallocate
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    fn.restype = ctypes.c_int
-    return fn
-
-
 def _write_attrs(obj: h5py.HLObject, attrs: Mapping[str, Any]) -> None:
     for key, value in attrs.items():
         obj.attrs[key] = value
@@ -405,7 +366,7 @@ class EmbeddingWriter:
     def _reserve(self) -> None:
         """Reserve the finished file's size on disk; a disk without room fails here, cleanly."""
         try:
-            _reserve(self.partial, self.expected_bytes)
+            reserve(self.partial, self.expected_bytes)
         except OSError as err:
             if not _is_disk_full(err):
                 raise

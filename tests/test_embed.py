@@ -465,3 +465,25 @@ def test_the_batch_probe_runs_the_real_preprocessing_and_model() -> None:
     cpu = torch.device("cpu")
     _probe(loaded.module, _Preprocess(loaded, cpu), 256, "auto", cpu)(3)
     assert seen == [(3, 3, 224, 224)]
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8, 64, 100])
+@pytest.mark.parametrize("n", [0, 1, 7, 200, 1000])
+def test_batch_bounds_ramp_up_and_cover_every_row_once(n: int, batch: int) -> None:
+    from histosic.embed.reading import batch_bounds
+
+    bounds = batch_bounds(0, n, batch)
+    rows = [r for lo, hi in bounds for r in range(lo, hi)]
+    assert rows == list(range(n))
+    sizes = [hi - lo for lo, hi in bounds]
+    assert all(0 < s <= batch for s in sizes)
+    assert sizes[:-1] == sorted(sizes[:-1])  # grow, then full batches (the last may be short)
+    if batch == 64 and n == 1000:
+        assert sizes[:5] == [8, 16, 32, 64, 64]
+    # A run resumed at any batch boundary cuts the rest exactly as an uninterrupted run does
+    # (the same batches, so the same features); one resumed elsewhere snaps back to them.
+    for k, (lo, _) in enumerate(bounds):
+        assert batch_bounds(lo, n, batch) == bounds[k:]
+    if n > 10:
+        resumed = batch_bounds(5, n, batch)
+        assert resumed[0][0] == 5 and resumed[1:] == [b for b in bounds if b[0] >= resumed[0][1]]

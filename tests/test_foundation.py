@@ -232,6 +232,7 @@ REFERENCES: dict[str, Reference] = {
                 patch_size=14,
                 image_size=224,
                 num_register_tokens=4,
+                use_swiglu_ffn=True,
             )
         ),
         _tf(HIBOU),
@@ -246,6 +247,7 @@ REFERENCES: dict[str, Reference] = {
                 patch_size=14,
                 image_size=224,
                 num_register_tokens=4,
+                use_swiglu_ffn=True,
             )
         ),
         _tf(HIBOU),

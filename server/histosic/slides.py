@@ -554,17 +554,20 @@ def detect_tissue(
     rgb = rgb[..., :3]
     if config.method == "all":
         return np.ones(rgb.shape[:2], dtype=bool)
-    # HSV saturation, (max - min) / max, without computing hue.
-    cmax = rgb.max(axis=2).astype(np.float32)
-    cmin = rgb.min(axis=2).astype(np.float32)
-    sat = np.divide(cmax - cmin, cmax, out=np.zeros_like(cmax), where=cmax > 0)
+    # HSV saturation, (max - min) / max, without computing hue. Channel-wise maximum/minimum of
+    # three planes: a reduction over a length-3 last axis is several times slower in NumPy.
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    cmax_u8 = np.maximum(np.maximum(r, g), b)
+    cmax = cmax_u8.astype(np.float32)
+    cmin = np.minimum(np.minimum(r, g), b).astype(np.float32)
+    sat = np.divide(cmax - cmin, cmax, out=np.zeros_like(cmax), where=cmax_u8 > 0)
     threshold = config.min_saturation
     if config.method == "otsu" and float(sat.max()) > float(sat.min()):
         otsu = float(filters.threshold_otsu(sat))  # type: ignore[no-untyped-call]
         threshold = min(max(threshold, otsu), config.max_saturation)
     mask = sat > threshold
     # Pure black (scanner borders, pen) is saturated by rounding only; not tissue.
-    mask &= rgb.max(axis=2) > 25
+    mask &= cmax_u8 > 25
     area = mask.size
     if config.closing_radius > 0:
         disk = morphology.disk(config.closing_radius)  # type: ignore[no-untyped-call]

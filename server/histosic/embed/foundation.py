@@ -17,10 +17,10 @@ Pooling:
   tokens excluded (Virchow, Virchow2: ``torch.cat([x[:, 0], x[:, num_prefix_tokens:].mean(1)])``).
 - ``pooler``: ``transformers``' ``pooler_output`` (Hibou: the normed class token).
 
-Not registered (their code cannot be had from a package index): CONCH v1.5 (its vision tower
-lives in TITAN's remote code on the hub and in Trident's own model zoo), MUSK (installed from its
-GitHub repository; ``musk`` on PyPI is an unrelated package), CTransPath (its Swin variant with a
-convolutional stem needs ``timm-ctp``, a 2021 fork of timm that installs over timm itself).
+Not registered: CONCH v1.5 (its vision tower lives in TITAN's remote code on the hub and in
+Trident's own model zoo) and MUSK (installed from its GitHub repository; ``musk`` on PyPI is an
+unrelated package), whose code no package index has; CTransPath, not yet, although it can be had
+(Trident builds it with ``timm-ctp`` from PyPI, which installs as ``timm_ctp`` beside timm).
 """
 
 from __future__ import annotations
@@ -414,6 +414,7 @@ FOUNDATION: tuple[Foundation, ...] = (
             ("patch_size", 14),
             ("image_size", 224),
             ("num_register_tokens", 4),
+            ("use_swiglu_ffn", True),  # config.json of histai/hibou-b
         ),
         pool="pooler",
         dim=768,
@@ -427,8 +428,8 @@ FOUNDATION: tuple[Foundation, ...] = (
         gated=False,
         paper="Nechaev et al. 2024, arXiv:2406.05074 (Hibou)",
         note="the card loads remote code (trust_remote_code); histosic builds transformers' own "
-        "DINOv2-with-registers instead, whose equivalence to that code is not verified on the "
-        "released weights",
+        "DINOv2-with-registers with the SwiGLU MLP of its config.json instead, whose equivalence "
+        "to that code is not verified on the released weights",
     ),
     Foundation(
         name="hibou-l",
@@ -444,6 +445,7 @@ FOUNDATION: tuple[Foundation, ...] = (
             ("patch_size", 14),
             ("image_size", 224),
             ("num_register_tokens", 4),
+            ("use_swiglu_ffn", True),  # config.json of histai/hibou-b
         ),
         pool="pooler",
         dim=1024,

@@ -11,7 +11,6 @@ file that a killed run resumes; the final name appears only when every patch is 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -34,7 +33,7 @@ from histosic.embed.output_file import (
     other_output_error,
     output_meta,
 )
-from histosic.embed.reading import read_size, slide_grid
+from histosic.embed.reading import batch_bounds, read_size, slide_grid
 from histosic.embed.registry import (
     LoadedModel,
     ModelInfo,
@@ -96,7 +95,8 @@ def default_workers(device: torch.device) -> int:
 
 
 class _PatchBatches(Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
-    """Item ``i`` is batch ``i``: (uint8 patches (b, s, s, 3), white fractions (b,), first row)."""
+    """Item ``i`` is batch ``i`` of :func:`batch_bounds`: (uint8 patches (b, s, s, 3), white
+    fractions (b,), first row)."""
 
     def __init__(
         self,
@@ -116,8 +116,7 @@ class _PatchBatches(Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
         self.coords = coords
         self.size_level0 = size_level0
         self.patch_size = patch_size
-        self.batch_size = batch_size
-        self.start = start
+        self.bounds = batch_bounds(start, len(coords), batch_size)
         self._slide = slide
 
     def __getstate__(self) -> dict[str, Any]:
@@ -127,13 +126,12 @@ class _PatchBatches(Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
         return state
 
     def __len__(self) -> int:
-        return max(0, math.ceil((len(self.coords) - self.start) / self.batch_size))
+        return len(self.bounds)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         if self._slide is None:
             self._slide = open_slide(self.path, mpp=self.mpp, backend=self.backend)
-        lo = self.start + index * self.batch_size
-        hi = min(lo + self.batch_size, len(self.coords))
+        lo, hi = self.bounds[index]
         patches = read_patches(self._slide, self.coords[lo:hi], self.size_level0, self.patch_size)
         return torch.from_numpy(patches), torch.from_numpy(white_fraction(patches)), lo
 
@@ -373,7 +371,7 @@ def _embed_open_slide(
         raise CancelledError(f"embedding of {slide.path} cancelled before it started")
     # The model is built while the tissue is detected: the two are independent and each takes
     # about a second (benchmarks/bench_embed.py). The thread has ended before any reader forks.
-    building = _Background(load_model, model)
+    building = _Background(_load_for, model, device)
     try:
         grid, _ = slide_grid(slide, tiling, tissue)
     except BaseException:
@@ -397,6 +395,15 @@ def _embed_open_slide(
         # An interruption or an unexpected failure keeps the partial file for a resume.
         writer.close()
         raise
+
+
+def _load_for(model: str, device: torch.device) -> LoadedModel:
+    """The model, already in the CPU's memory format when it runs there (off the critical path:
+    this runs in the thread beside tissue detection; on a GPU the move waits for the readers)."""
+    loaded = load_model(model)
+    if device.type == "cpu":
+        prepare_module(loaded, device)  # in place; the call in _run is then free
+    return loaded
 
 
 class _Background:

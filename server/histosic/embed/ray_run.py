@@ -30,6 +30,7 @@ from typing import Any
 
 from histosic.config import DEFAULT_MODEL
 from histosic.embed.ray_report import ArchiveProgress, ArchiveReport, SlideOutcome
+from histosic.embed.reading import batch_bounds
 from histosic.errors import (
     CancelledError,
     HistosicError,
@@ -312,11 +313,10 @@ class _Driver:
             plan = job.plan
             coords = self.ray.put(plan.coords)
             bs = self.s.batch_size
-            for lo in range(job.writer.n_done, plan.n_patches, bs):
+            for lo, hi in batch_bounds(job.writer.n_done, plan.n_patches, bs):
                 self._check_stop(job)
                 if job.failed:
                     break
-                hi = min(lo + bs, plan.n_patches)
                 k = min(range(len(self.actors)), key=self.in_actor.__getitem__)
                 self.in_actor[k] += 1
                 args = (str(plan.slide), plan.mpp, plan.backend, coords, plan.size_level0,

@@ -14,7 +14,7 @@ from histosic.patches import thumbnail_size
 from histosic.slides import Slide, TissueConfig, detect_tissue
 from histosic.tiling import PatchGrid, TilingConfig, make_grid
 
-__all__ = ["read_size", "slide_grid"]
+__all__ = ["batch_bounds", "read_size", "slide_grid"]
 
 
 def slide_grid(
@@ -46,3 +46,26 @@ def read_size(patch_size: int, info: ModelInfo, *, gpu: bool) -> int:
     if gpu and patch_size <= 2 * input_size:
         return patch_size
     return input_size
+
+
+def batch_bounds(start: int, n: int, batch_size: int) -> list[tuple[int, int]]:
+    """The ``[lo, hi)`` row ranges of a slide's batches from row ``start`` on.
+
+    The batches grow from an eighth of ``batch_size``, doubling, to ``batch_size`` (64: 8, 16,
+    32, then 64s): the model starts on the first few patches instead of waiting for a whole
+    batch to be read, and each read is shorter than the forward pass it hides behind. The
+    schedule is fixed from row 0, so that a run resumed at a batch boundary cuts its batches as
+    an uninterrupted one does; every path (DataLoader readers, Ray) uses it, so their features
+    are computed on the same batches.
+    """
+    batch = max(1, int(batch_size))
+    size = max(1, batch // 8)
+    bounds: list[tuple[int, int]] = []
+    pos = 0
+    while pos < n:
+        hi = min(pos + size, n)
+        if hi > start:
+            bounds.append((max(pos, start), hi))
+        pos = hi
+        size = min(batch, size * 2)
+    return bounds

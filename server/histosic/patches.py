@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,13 @@ from histosic.slides import Slide, TissueConfig, detect_tissue, open_slide, whit
 from histosic.store import Embeddings
 from histosic.tiling import patch_tissue_fractions
 
-__all__ = ["complete_fractions", "patch_fractions", "read_patches", "thumbnail_size"]
+__all__ = [
+    "complete_fractions",
+    "patch_fractions",
+    "patch_runs",
+    "read_patches",
+    "thumbnail_size",
+]
 
 # A row run read as one region is capped so one read stays a few MB.
 _MAX_RUN_PATCHES = 32
@@ -70,6 +77,24 @@ def read_patches(
     level = slide.best_level_for_downsample(size_level0 / out_size)
     ds = slide.level_downsamples[level]
     side = max(1, int(math.ceil(size_level0 / ds - 1e-6)))
+    for i, x0, y0, width, offsets in patch_runs(coords, size_level0, ds, side):
+        region = slide.read_region_array((x0, y0), level, (width, side))
+        for k, ox in enumerate(offsets, start=i):
+            out[k] = _resize(region[:, ox : ox + side], out_size)
+    return out
+
+
+def patch_runs(
+    coords: npt.NDArray[np.int64], size_level0: int, ds: float, side: int
+) -> Iterator[tuple[int, int, int, int, list[int]]]:
+    """The runs of patches that :func:`read_patches` reads as one region each.
+
+    Patches on the same row that touch or overlap (at most ``_MAX_RUN_PATCHES``) form a run.
+    Yields ``(first index, x0, y0, width, offsets)``: the run's level-0 top-left, its width in
+    pixels of the level with downsample ``ds`` (patch side ``side`` there), and each patch's
+    horizontal offset in the region. The GPU JPEG path places its patches with the same runs.
+    """
+    n = int(coords.shape[0])
     i = 0
     while i < n:
         j = i + 1
@@ -83,13 +108,11 @@ def read_patches(
         x0, y0 = int(coords[i, 0]), int(coords[i, 1])
         span = int(coords[j - 1, 0]) + size_level0 - x0
         width = max(side, int(math.ceil(span / ds - 1e-6)))
-        region = slide.read_region_array((x0, y0), level, (width, side))
-        for k in range(i, j):
-            ox = int(round((int(coords[k, 0]) - x0) / ds))
-            ox = min(ox, width - side)
-            out[k] = _resize(region[:, ox : ox + side], out_size)
+        offsets = [
+            min(int(round((int(coords[k, 0]) - x0) / ds)), width - side) for k in range(i, j)
+        ]
+        yield i, x0, y0, width, offsets
         i = j
-    return out
 
 
 def patch_fractions(

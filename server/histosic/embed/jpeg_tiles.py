@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from histosic.errors import CorruptFileError
-from histosic.patches import _MAX_RUN_PATCHES, _resize
+from histosic.patches import _resize, patch_runs
 from histosic.slides import WHITE_LEVEL, Slide
 
 if TYPE_CHECKING:
@@ -130,27 +130,12 @@ def patch_origins(
     coords: npt.NDArray[np.int64], size_level0: int, ds: float, side: int
 ) -> npt.NDArray[np.int64]:
     """Top-left level pixels of each patch, as :func:`~histosic.embed.pipeline.read_patches`."""
-    n = int(coords.shape[0])
-    out = np.empty((n, 2), dtype=np.int64)
-    i = 0
-    while i < n:
-        j = i + 1
-        while (
-            j < n
-            and j - i < _MAX_RUN_PATCHES
-            and coords[j, 1] == coords[i, 1]
-            and 0 < coords[j, 0] - coords[j - 1, 0] <= size_level0
-        ):
-            j += 1
-        x0, y0 = int(coords[i, 0]), int(coords[i, 1])
-        span = int(coords[j - 1, 0]) + size_level0 - x0
-        width = max(side, int(math.ceil(span / ds - 1e-6)))
+    out = np.empty((int(coords.shape[0]), 2), dtype=np.int64)
+    for i, x0, y0, _, offsets in patch_runs(coords, size_level0, ds, side):
         # The level pixel of a level-0 position, as the slide readers place a region.
         lx, ly = int(math.floor(x0 / ds)), int(math.floor(y0 / ds))
-        for k in range(i, j):
-            ox = min(int(round((int(coords[k, 0]) - x0) / ds)), width - side)
+        for k, ox in enumerate(offsets, start=i):
             out[k] = (lx + ox, ly)
-        i = j
     return out
 
 

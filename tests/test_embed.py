@@ -487,3 +487,19 @@ def test_batch_bounds_ramp_up_and_cover_every_row_once(n: int, batch: int) -> No
     if n > 10:
         resumed = batch_bounds(5, n, batch)
         assert resumed[0][0] == 5 and resumed[1:] == [b for b in bounds if b[0] >= resumed[0][1]]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_the_pipeline_embeds_in_the_ramped_batches(
+    small_slide: SyntheticSlide, tmp_path: Path, workers: int
+) -> None:
+    from histosic.embed.reading import batch_bounds
+
+    done: list[int] = []
+    path = embed_slide(
+        small_slide.path, tmp_path, model="handcrafted", batch_size=4, workers=workers,
+        progress=lambda d, t: done.append(d),
+    )  # fmt: skip
+    n = read_embeddings(path).n_patches
+    assert n > 4  # enough patches for the ramp (1, 2, 4) to reach the full batch
+    assert done == [0] + [hi for _, hi in batch_bounds(0, n, 4)]

@@ -445,7 +445,7 @@ FOUNDATION: tuple[Foundation, ...] = (
             ("patch_size", 14),
             ("image_size", 224),
             ("num_register_tokens", 4),
-            ("use_swiglu_ffn", True),  # config.json of histai/hibou-b
+            ("use_swiglu_ffn", True),  # as hibou-b (Hibou-L's config.json not seen)
         ),
         pool="pooler",
         dim=1024,

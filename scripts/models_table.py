@@ -19,7 +19,12 @@ HEADER = (
     "| name | model | dim | input px | um/px | pooling | GPU precision | licence | gated | "
     "weights | paper |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
 )
-_POOL = {"token": "class token", "cls+mean": "class + mean patch token", "pooler": "pooler output"}
+_POOL = {
+    "token": "class token",
+    "cls+mean": "class + mean patch token",
+    "pooler": "pooler output",
+    "avg": "mean of the last stage tokens",
+}
 
 
 def table() -> str:

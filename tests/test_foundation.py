@@ -86,6 +86,52 @@ def _hf_pooler(model: nn.Module, x: torch.Tensor) -> torch.Tensor:  # Hibou's ca
     return out
 
 
+class _TransPathStem(nn.Module):
+    """CTransPath's convolutional stem as TransPath's ``ctran.py`` builds it (in a loop)."""
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 4,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        norm_layer: Any = None,
+        flatten: bool = True,
+    ) -> None:
+        super().__init__()
+        self.img_size, self.patch_size = (img_size, img_size), (patch_size, patch_size)
+        self.grid_size = (img_size // patch_size, img_size // patch_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.flatten = flatten
+        stem: list[nn.Module] = []
+        cin, cout = 3, embed_dim // 8
+        for _ in range(2):
+            stem += [nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+            cin, cout = cout, cout * 2
+        stem.append(nn.Conv2d(cin, embed_dim, kernel_size=1))
+        self.proj = nn.Sequential(*stem)
+        self.norm = norm_layer(embed_dim) if norm_layer else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x)
+        x = x.flatten(2).transpose(1, 2) if self.flatten else x
+        out: torch.Tensor = self.norm(x)
+        return out
+
+
+def _ctranspath() -> nn.Module:  # Trident's CTransPathInferenceEncoder and CHIEF's example
+    timm_ctp = pytest.importorskip("timm_ctp")
+    with torch.device("cpu"):  # timm_ctp's constructor calls .item(): not on the meta device
+        model: nn.Module = timm_ctp.create_model(
+            "swin_tiny_patch4_window7_224",
+            embed_layer=_TransPathStem,
+            pretrained=False,
+            img_size=224,
+        )
+    model.head = nn.Identity()
+    return model.to(torch.empty(0).device)
+
+
 def _swiglu() -> dict[str, Any]:
     return {"mlp_layer": SwiGLUPacked, "act_layer": nn.SiLU}
 
@@ -258,6 +304,17 @@ REFERENCES: dict[str, Reference] = {
     "kaiko-vitb16": _kaiko("vit_base_patch16_224"),
     "kaiko-vitb8": _kaiko("vit_base_patch8_224"),
     "kaiko-vitl14": _kaiko("vit_large_patch14_reg4_dinov2", img=518),
+    "ctranspath": Reference(
+        _ctranspath,
+        T.Compose(
+            [
+                T.Resize(224, interpolation=T.InterpolationMode.BILINEAR, antialias=True),
+                T.ToTensor(),
+                T.Normalize(*IMAGENET),
+            ]
+        ),
+        _out,
+    ),
     "lunit-vits8": Reference(
         lambda: timm.create_model(
             "vit_small_patch8_224", num_classes=0, img_size=224, dynamic_img_size=True
@@ -312,15 +369,17 @@ def _perturbed(model: nn.Module) -> nn.Module:
 def write_hub_cache(cache: Path, fm: Foundation, model: nn.Module) -> Path:
     """Write ``model``'s weights as ``huggingface_hub`` caches a download; the snapshot folder."""
     revision = "0123456789abcdef0123456789abcdef01234567"
-    repo = cache / ("models--" + fm.repo.replace("/", "--"))
+    repo = cache / (f"{fm.repo_type}s--" + fm.repo.replace("/", "--"))
     snap = repo / "snapshots" / revision
-    snap.mkdir(parents=True)
+    (snap / fm.filename).parent.mkdir(parents=True)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(revision)
     (repo / "blobs").mkdir()
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     if fm.filename.endswith(".safetensors"):
         save_file(state, str(snap / fm.filename))
+    elif fm.filename.endswith(".pth"):  # CHIEF_CTransPath.pth: the state under "model"
+        torch.save({"model": state}, snap / fm.filename)
     else:
         torch.save(state, snap / fm.filename)
     config = getattr(model, "config", None)
@@ -588,3 +647,23 @@ def test_missing_weights_path_fails_in_one_line_before_any_slide(tmp_path: Path)
     assert str(err.value).startswith("uni: weights path ") and "does not exist" in str(err.value)
     assert str(err.value).count("uni:") == 1 + str(tmp_path).count("uni:")
     assert not (tmp_path / "out").exists()
+
+
+def test_ctranspath_rebuilds_only_the_window_masks(tmp_path: Path) -> None:
+    """CHIEF's file may lack the attention masks; any other missing key is refused."""
+    from histosic.embed.builders.foundation import build
+    from histosic.errors import CorruptFileError
+
+    fm = by_name("ctranspath")
+    torch.manual_seed(5)
+    ref = _perturbed(REFERENCES[fm.name].build())
+    state = {k: v for k, v in ref.state_dict().items() if not k.endswith("attn_mask")}
+    path = tmp_path / "CHIEF_CTransPath.pth"
+    torch.save({"model": state}, path)
+    x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        torch.testing.assert_close(build(fm.name, str(path))(x), ref(x))
+    del state["layers.3.blocks.1.mlp.fc2.weight"]
+    torch.save({"model": state}, path)
+    with pytest.raises(CorruptFileError, match=r"do not fit ctranspath .*mlp\.fc2\.weight"):
+        build(fm.name, str(path))

@@ -16,11 +16,16 @@ Pooling:
 - ``cls+mean``: the class token concatenated with the mean of the patch tokens, the register
   tokens excluded (Virchow, Virchow2: ``torch.cat([x[:, 0], x[:, num_prefix_tokens:].mean(1)])``).
 - ``pooler``: ``transformers``' ``pooler_output`` (Hibou: the normed class token).
+- ``avg``: the mean of the last stage's tokens after the final norm, the network's own head
+  (CTransPath's Swin: ``forward`` with ``head = Identity``).
+
+CTransPath is built with ``timm-ctp`` (PyPI, the timm 0.5.4 its authors modified, installed as the
+module ``timm_ctp`` beside timm; in the ``foundation`` extra) and histosic's own convolutional
+stem, written from the TransPath paper's description.
 
 Not registered: CONCH v1.5 (its vision tower lives in TITAN's remote code on the hub and in
 Trident's own model zoo) and MUSK (installed from its GitHub repository; ``musk`` on PyPI is an
-unrelated package), whose code no package index has; CTransPath, not yet, although it can be had
-(Trident builds it with ``timm-ctp`` from PyPI, which installs as ``timm_ctp`` beside timm).
+unrelated package), whose code no package index has.
 """
 
 from __future__ import annotations
@@ -31,8 +36,8 @@ from typing import Literal
 __all__ = ["FOUNDATION", "Foundation", "by_name"]
 
 Triple = tuple[float, float, float]
-Pool = Literal["token", "cls+mean", "pooler"]
-Loader = Literal["timm", "transformers"]
+Pool = Literal["token", "cls+mean", "pooler", "avg"]
+Loader = Literal["timm", "transformers", "timm_ctp"]
 
 IMAGENET: tuple[Triple, Triple] = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 BIOPTIMUS: tuple[Triple, Triple] = ((0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517))
@@ -58,16 +63,19 @@ class Foundation:
     title : str
         The authors' name of the model and its architecture.
     repo, filename : str
-        Hugging Face repository and the weights file in it.
-    loader : {"timm", "transformers"}
+        Hugging Face repository and the weights file in it (a path inside the repository).
+    repo_type : {"model", "dataset"}
+        The kind of hub repository (CTransPath's weights are in a dataset repository).
+    loader : {"timm", "transformers", "timm_ctp"}
+        The library that builds the architecture (:attr:`library` is the module to import).
     arch : str
-        timm model name, or the ``transformers`` model class (``ViTModel``, ``Dinov2Model``,
-        ``Dinov2WithRegistersModel``).
+        timm (or ``timm_ctp``) model name, or the ``transformers`` model class (``ViTModel``,
+        ``Dinov2Model``, ``Dinov2WithRegistersModel``).
     kwargs : tuple of (str, object)
         timm ``create_model`` keyword arguments, or the ``transformers`` configuration.
     swiglu : bool
         timm: ``mlp_layer=SwiGLUPacked, act_layer=SiLU`` (not expressible without torch).
-    pool : {"token", "cls+mean", "pooler"}
+    pool : {"token", "cls+mean", "pooler", "avg"}
     dim, input_size : int
         Embedding length; side of the square the network sees.
     crop_from : int
@@ -108,10 +116,17 @@ class Foundation:
     swiglu: bool = False
     crop_from: int = 0
     note: str = ""
+    repo_type: Literal["model", "dataset"] = "model"
 
     @property
     def page(self) -> str:
-        return f"https://huggingface.co/{self.repo}"
+        kind = "datasets/" if self.repo_type == "dataset" else ""
+        return f"https://huggingface.co/{kind}{self.repo}"
+
+    @property
+    def library(self) -> str:
+        """The Python module that builds the architecture (``timm``, ``transformers``, ...)."""
+        return self.loader
 
     @property
     def patch_size(self) -> int:
@@ -465,6 +480,31 @@ FOUNDATION: tuple[Foundation, ...] = (
     _kaiko("vitb16", "vit_base_patch16_224", 768, 85_800_000),
     _kaiko("vitb8", "vit_base_patch8_224", 768, 85_800_000),
     _kaiko("vitl14", "vit_large_patch14_reg4_dinov2", 1024, 304_400_000, img=518),
+    Foundation(
+        name="ctranspath",
+        title="CTransPath (Wang et al.), Swin-T/4 with a convolutional stem; CHIEF's weights",
+        repo="MahmoodLab/hest-bench",
+        repo_type="dataset",
+        filename="fm_v1/ctranspath/CHIEF_CTransPath.pth",
+        loader="timm_ctp",
+        arch="swin_tiny_patch4_window7_224",
+        kwargs=(("img_size", 224),),
+        pool="avg",
+        dim=768,
+        input_size=224,
+        mean=IMAGENET[0],
+        std=IMAGENET[1],
+        mpp=0.5,
+        precision="float32",
+        params=27_520_000,
+        licence="GPL-3.0, non-commercial academic use (the CHIEF repository's terms)",
+        gated=True,
+        paper="Wang et al. 2022, Medical Image Analysis 81:102559 (CTransPath); weights of "
+        "CHIEF, Wang et al. 2024, Nature 634:970",
+        note="the weights Trident and HEST-bench use (CHIEF_CTransPath.pth, the 'model' entry); "
+        "the attention masks of the shifted windows are rebuilt, not loaded (they depend only "
+        "on the input size); needs timm-ctp (in the foundation extra)",
+    ),
     Foundation(
         name="lunit-vits8",
         title="Lunit DINO ViT-S/8 (benchmark-ssl-pathology; timm port)",

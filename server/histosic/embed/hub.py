@@ -69,13 +69,19 @@ def cached(fm: Foundation) -> Path | None:
         return None
     from huggingface_hub import try_to_load_from_cache
 
-    hit = try_to_load_from_cache(fm.repo, fm.filename)
+    hit = try_to_load_from_cache(fm.repo, fm.filename, repo_type=fm.repo_type)
     return Path(hit) if isinstance(hit, str) else None
+
+
+def _repo_folder(fm: Foundation) -> str:
+    """The cache folder name of the repository (``models--org--name``, ``datasets--...``)."""
+    return f"{fm.repo_type}s--" + fm.repo.replace("/", "--")
 
 
 def _in_folder(folder: Path, fm: Foundation) -> Path | None:
     """The weights file in a folder as the hub lays it out, or None."""
-    names = (fm.filename, *(n for n in _WEIGHT_NAMES if n != fm.filename))
+    base = fm.filename.rsplit("/", 1)[-1]
+    names = dict.fromkeys((fm.filename, base, *_WEIGHT_NAMES))
     for name in names:
         if (folder / name).is_file():
             return folder / name
@@ -88,7 +94,7 @@ def _in_folder(folder: Path, fm: Foundation) -> Path | None:
             hit = _in_folder(snapshots / rev, fm)
             if hit is not None:
                 return hit
-    repo_dir = folder / ("models--" + fm.repo.replace("/", "--"))
+    repo_dir = folder / _repo_folder(fm)
     if repo_dir.is_dir():
         return _in_folder(repo_dir, fm)
     hub = folder / "hub"
@@ -106,7 +112,7 @@ def local(fm: Foundation, arg: str) -> Path:
             return hit
         raise ModelUnavailableError(
             f"{fm.name}: no {fm.filename} in {path} (looked in it, in snapshots/<revision>/ as "
-            f"refs/main names, and in models--{fm.repo.replace('/', '--')}/); give the weights "
+            f"refs/main names, and in {_repo_folder(fm)}/); give the weights "
             "file itself or the folder the hub client downloaded"
         )
     raise ModelUnavailableError(
@@ -161,7 +167,7 @@ def locate(fm: Foundation, arg: str) -> Path:
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
 
     try:
-        return Path(hf_hub_download(fm.repo, fm.filename, token=token()))
+        return Path(hf_hub_download(fm.repo, fm.filename, repo_type=fm.repo_type, token=token()))
     except GatedRepoError as err:
         raise ModelUnavailableError(
             f"{fm.name}: the hub refused the download (gated): request access at {fm.page} with "
@@ -177,8 +183,7 @@ def locate(fm: Foundation, arg: str) -> Path:
 def availability(kind: str, arg: str) -> tuple[bool, str]:
     """The registry's availability of foundation model ``kind`` (libraries, then weights)."""
     fm = by_name(kind)
-    lib = "timm" if fm.loader == "timm" else "transformers"
-    missing = [m for m in (lib, "safetensors") if importlib.util.find_spec(m) is None]
+    missing = [m for m in (fm.library, "safetensors") if importlib.util.find_spec(m) is None]
     if missing:
         return False, f"needs {' and '.join(missing)}, not installed here: {FOUNDATION_EXTRA}"
     return status(fm, arg)

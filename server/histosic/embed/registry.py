@@ -400,7 +400,6 @@ def _foundation_spec(fm: Foundation) -> BackboneSpec:
         crop_from=fm.crop_from,
         precision=fm.precision,
     )
-    lib = "timm" if fm.loader == "timm" else "transformers"
     return BackboneSpec(
         fm.name,
         info,
@@ -408,7 +407,7 @@ def _foundation_spec(fm: Foundation) -> BackboneSpec:
         build="foundation:build",
         availability=hub.availability,
         arg="optional",
-        requires=("torch", lib, "safetensors", "huggingface_hub"),
+        requires=("torch", fm.library, "safetensors", "huggingface_hub"),
         extra=FOUNDATION_EXTRA,
         preflight=True,
     )

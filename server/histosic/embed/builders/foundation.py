@@ -10,6 +10,7 @@ embeddings with the authors' pooling.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from torch import nn
 
 from histosic.embed import hub
 from histosic.embed.foundation import Foundation, by_name
-from histosic.errors import CorruptFileError
+from histosic.errors import CorruptFileError, ModelUnavailableError
 
 __all__ = ["Pooled", "architecture", "build", "load_weights"]
 
@@ -78,12 +79,85 @@ def _transformers_config(fm: Foundation, folder: Path | None) -> Any:
     return config_cls(**dict(fm.kwargs))
 
 
+class ConvStem(nn.Module):
+    """CTransPath's patch embedding: two stride-2 3x3 convolutions (batch norm, ReLU), then a
+    1x1 convolution to ``embed_dim``; a 4x smaller grid of tokens, as Swin's 4x4 patches give.
+
+    Written from the TransPath paper's description of the stem; its parameter names
+    (``proj.0`` ... ``proj.6``, ``norm``) are those of the released weights. The arguments are
+    the ones ``timm_ctp``'s Swin passes to its ``embed_layer``.
+    """
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 4,
+        in_chans: int = 3,
+        embed_dim: int = 96,
+        norm_layer: Any = None,
+        flatten: bool = True,
+    ) -> None:
+        super().__init__()
+        if patch_size != 4 or embed_dim % 8 or in_chans != 3:
+            raise ValueError(
+                f"the CTransPath stem takes 4 px patches of 3 channels to a width divisible by 8 "
+                f"(got patch {patch_size}, {in_chans} channels, width {embed_dim})"
+            )
+        self.img_size = (img_size, img_size)
+        self.patch_size = (patch_size, patch_size)
+        self.grid_size = (img_size // patch_size, img_size // patch_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.flatten = flatten
+        width = embed_dim // 8
+        self.proj = nn.Sequential(
+            nn.Conv2d(3, width, kernel_size=3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, 2 * width, kernel_size=3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(2 * width, embed_dim, kernel_size=1),
+        )
+        self.norm = norm_layer(embed_dim) if norm_layer else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x)
+        if self.flatten:
+            x = x.flatten(2).transpose(1, 2)
+        out: torch.Tensor = self.norm(x)
+        return out
+
+
+def _timm_ctp(fm: Foundation) -> nn.Module:
+    try:
+        with warnings.catch_warnings():  # its torch.jit.script use, at import
+            warnings.simplefilter("ignore", FutureWarning)
+            import timm_ctp
+    except ImportError as err:
+        raise ModelUnavailableError(
+            f"{fm.name} needs timm-ctp (the authors' timm 0.5.4, installed as timm_ctp beside "
+            f"timm), not installed here: {hub.FOUNDATION_EXTRA}"
+        ) from err
+    # Its constructor calls .item(), which the meta device refuses: built on the CPU (27.5 M
+    # parameters), then moved where the caller's default device says.
+    device = torch.empty(0).device
+    with warnings.catch_warnings(), torch.device("cpu"):  # its meshgrid and jit.script use
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        model: nn.Module = timm_ctp.create_model(
+            fm.arch, pretrained=False, num_classes=0, embed_layer=ConvStem, **dict(fm.kwargs)
+        )
+    return model.to(device) if device.type != "cpu" else model
+
+
 def architecture(fm: Foundation, folder: Path | None = None) -> tuple[nn.Module, int]:
     """The untrained network of a row and its number of prefix (class + register) tokens.
 
     Built on the current default device: under ``torch.device("meta")`` no memory is allocated
     (dimension and parameter checks).
     """
+    if fm.loader == "timm_ctp":
+        return _timm_ctp(fm), 0
     if fm.loader == "timm":
         import timm
 
@@ -133,10 +207,23 @@ def _strip(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.
     return {k: v for k, v in state.items() if not (k.startswith("pooler.") and k not in want)}
 
 
+_DERIVED = (".attn_mask",)  # Swin's shifted-window masks: computed from the input size
+
+
 def _fit(fm: Foundation, model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     state = _strip(state, model)
     try:
-        model.load_state_dict(state, strict=True)
+        if fm.loader == "timm_ctp":
+            state = {k: v for k, v in state.items() if not k.endswith(_DERIVED)}
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            left = [k for k in missing if not k.endswith(_DERIVED)]
+            if left or unexpected:
+                raise RuntimeError(
+                    f"Error(s) in loading state_dict:\n\tmissing keys: {left[:3]}, unexpected "
+                    f"keys: {unexpected[:3]}"
+                )
+        else:
+            model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
         detail = lines[1] if len(lines) > 1 else lines[0]

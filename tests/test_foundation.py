@@ -667,3 +667,43 @@ def test_ctranspath_rebuilds_only_the_window_masks(tmp_path: Path) -> None:
     torch.save({"model": state}, path)
     with pytest.raises(CorruptFileError, match=r"do not fit ctranspath .*mlp\.fc2\.weight"):
         build(fm.name, str(path))
+
+
+def test_a_vit_is_built_at_the_size_its_weights_were_made_for(tmp_path: Path) -> None:
+    """Weights with a 28 x 28 position table (448 px) load into a row built at 224 px, and the
+    result is the model at 448 px resampling its table for 224 px input, as timm does it."""
+    from histosic.embed.builders.foundation import build
+
+    fm = by_name("kaiko-vits16")
+    torch.manual_seed(6)
+    ref = _perturbed(timm.create_model(fm.arch, num_classes=0, img_size=448, dynamic_img_size=True))
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(path))
+    x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        torch.testing.assert_close(build(fm.name, str(path))(x), ref(x))
+    # a table that is no square grid still fails with the mismatch named
+    state = {k: v.contiguous() for k, v in ref.state_dict().items()}
+    state["pos_embed"] = state["pos_embed"][:, :-3]
+    save_file(state, str(path))
+    from histosic.errors import CorruptFileError
+
+    with pytest.raises(CorruptFileError, match="pos_embed"):
+        build(fm.name, str(path))
+
+
+def test_a_cache_filled_under_a_former_repository_name_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.constants as hf_constants
+
+    from histosic.embed import hub
+
+    fm = by_name("kaiko-vitl14")
+    assert fm.former_repos
+    old = Foundation(**{**fm.__dict__, "repo": fm.former_repos[0], "former_repos": ()})
+    assert hub.cached(fm) is None or not str(hub.cached(fm)).startswith(str(tmp_path))
+    snap = write_hub_cache(tmp_path, old, nn.Linear(1, 1))
+    assert hub.local(fm, str(tmp_path)) == snap / fm.filename  # --weights <hub cache folder>
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path))
+    assert hub.cached(fm) == snap / fm.filename  # the hub cache itself

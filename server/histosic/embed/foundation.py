@@ -31,7 +31,7 @@ unrelated package), whose code no package index has.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = ["FOUNDATION", "Foundation", "by_name"]
 
@@ -66,6 +66,9 @@ class Foundation:
         Hugging Face repository and the weights file in it (a path inside the repository).
     repo_type : {"model", "dataset"}
         The kind of hub repository (CTransPath's weights are in a dataset repository).
+    former_repos : tuple of str
+        Earlier names of the repository (the hub redirects them): a cache filled under one of
+        them, by Trident or an older histosic, is used as well.
     loader : {"timm", "transformers", "timm_ctp"}
         The library that builds the architecture (:attr:`library` is the module to import).
     arch : str
@@ -117,6 +120,7 @@ class Foundation:
     crop_from: int = 0
     note: str = ""
     repo_type: Literal["model", "dataset"] = "model"
+    former_repos: tuple[str, ...] = ()
 
     @property
     def page(self) -> str:
@@ -134,14 +138,17 @@ class Foundation:
         return self.crop_from or self.input_size
 
 
-def _kaiko(name: str, arch: str, dim: int, params: int, img: int = 224) -> Foundation:
+_KAIKO_REPO = "1aurent/{}.kaiko_ai_towards_large_pathology_fms"
+
+
+def _kaiko(name: str, arch: str, dim: int, params: int, img: int = 224, **extra: Any) -> Foundation:
     kwargs: tuple[tuple[str, object], ...] = (("dynamic_img_size", True),)
     if img != 224:
         kwargs = (("img_size", img), *kwargs)
     return Foundation(
         name=f"kaiko-{name}",
         title=f"kaiko.ai {name.upper()} (DINO/DINOv2 on TCGA; timm port {arch})",
-        repo=f"1aurent/{arch}.kaiko_ai_towards_large_pathology_fms",
+        repo=extra.pop("repo", _KAIKO_REPO.format(arch)),
         filename="model.safetensors",
         loader="timm",
         arch=arch,
@@ -159,6 +166,7 @@ def _kaiko(name: str, arch: str, dim: int, params: int, img: int = 224) -> Found
         paper="Aben et al. 2024, arXiv:2404.15217 (kaiko.ai, Towards Large-Scale Training of "
         "Pathology Foundation Models)",
         note="trained at several resolutions; 0.5 um/px is the middle one",
+        **extra,
     )
 
 
@@ -479,7 +487,16 @@ FOUNDATION: tuple[Foundation, ...] = (
     _kaiko("vits8", "vit_small_patch8_224", 384, 21_700_000),
     _kaiko("vitb16", "vit_base_patch16_224", 768, 85_800_000),
     _kaiko("vitb8", "vit_base_patch8_224", 768, 85_800_000),
-    _kaiko("vitl14", "vit_large_patch14_reg4_dinov2", 1024, 304_400_000, img=518),
+    _kaiko(
+        "vitl14",
+        "vit_large_patch14_reg4_dinov2",
+        1024,
+        304_400_000,
+        img=518,
+        # the hub shows the repository under this name now; Trident asks for the old one
+        repo=_KAIKO_REPO.format("vit_large_patch14_reg4_224"),
+        former_repos=(_KAIKO_REPO.format("vit_large_patch14_reg4_dinov2"),),
+    ),
     Foundation(
         name="ctranspath",
         title="CTransPath (Wang et al.), Swin-T/4 with a convolutional stem; CHIEF's weights",

@@ -69,13 +69,16 @@ def cached(fm: Foundation) -> Path | None:
         return None
     from huggingface_hub import try_to_load_from_cache
 
-    hit = try_to_load_from_cache(fm.repo, fm.filename, repo_type=fm.repo_type)
-    return Path(hit) if isinstance(hit, str) else None
+    for repo in (fm.repo, *fm.former_repos):  # a cache filled before a rename counts too
+        hit = try_to_load_from_cache(repo, fm.filename, repo_type=fm.repo_type)
+        if isinstance(hit, str):
+            return Path(hit)
+    return None
 
 
-def _repo_folder(fm: Foundation) -> str:
-    """The cache folder name of the repository (``models--org--name``, ``datasets--...``)."""
-    return f"{fm.repo_type}s--" + fm.repo.replace("/", "--")
+def _repo_folders(fm: Foundation) -> list[str]:
+    """The cache folder names of the repository (``models--org--name``, ``datasets--...``)."""
+    return [f"{fm.repo_type}s--" + r.replace("/", "--") for r in (fm.repo, *fm.former_repos)]
 
 
 def _in_folder(folder: Path, fm: Foundation) -> Path | None:
@@ -94,9 +97,11 @@ def _in_folder(folder: Path, fm: Foundation) -> Path | None:
             hit = _in_folder(snapshots / rev, fm)
             if hit is not None:
                 return hit
-    repo_dir = folder / _repo_folder(fm)
-    if repo_dir.is_dir():
-        return _in_folder(repo_dir, fm)
+    for name in _repo_folders(fm):
+        if (folder / name).is_dir():
+            hit = _in_folder(folder / name, fm)
+            if hit is not None:
+                return hit
     hub = folder / "hub"
     return _in_folder(hub, fm) if hub.is_dir() else None
 
@@ -112,7 +117,7 @@ def local(fm: Foundation, arg: str) -> Path:
             return hit
         raise ModelUnavailableError(
             f"{fm.name}: no {fm.filename} in {path} (looked in it, in snapshots/<revision>/ as "
-            f"refs/main names, and in {_repo_folder(fm)}/); give the weights "
+            f"refs/main names, and in {_repo_folders(fm)[0]}/); give the weights "
             "file itself or the folder the hub client downloaded"
         )
     raise ModelUnavailableError(

@@ -10,6 +10,7 @@ embeddings with the authors' pooling.
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -150,20 +151,24 @@ def _timm_ctp(fm: Foundation) -> nn.Module:
     return model.to(device) if device.type != "cpu" else model
 
 
-def architecture(fm: Foundation, folder: Path | None = None) -> tuple[nn.Module, int]:
+def architecture(
+    fm: Foundation, folder: Path | None = None, img_size: int | None = None
+) -> tuple[nn.Module, int]:
     """The untrained network of a row and its number of prefix (class + register) tokens.
 
     Built on the current default device: under ``torch.device("meta")`` no memory is allocated
-    (dimension and parameter checks).
+    (dimension and parameter checks). ``img_size`` overrides a timm row's (see
+    :func:`native_img_size`).
     """
     if fm.loader == "timm_ctp":
         return _timm_ctp(fm), 0
     if fm.loader == "timm":
         import timm
 
-        model: nn.Module = timm.create_model(
-            fm.arch, pretrained=False, num_classes=0, **_timm_kwargs(fm)
-        )
+        kwargs = _timm_kwargs(fm)
+        if img_size is not None:
+            kwargs["img_size"] = img_size
+        model: nn.Module = timm.create_model(fm.arch, pretrained=False, num_classes=0, **kwargs)
         return model, int(getattr(model, "num_prefix_tokens", 1))
     import transformers
 
@@ -232,12 +237,40 @@ def _fit(fm: Foundation, model: nn.Module, state: dict[str, torch.Tensor], sourc
         ) from err
 
 
+def native_img_size(fm: Foundation, state: dict[str, torch.Tensor]) -> int | None:
+    """The input side the weights' position table was made for, where it is not the row's.
+
+    Only for timm ViTs built with ``dynamic_img_size`` (they resample the table to any input
+    on the fly): built at the weights' own size, a 224 px patch goes through a table of 224 px
+    as trained, with no resampling, and the file loads strictly. An example: the hub now names
+    Kaiko's ViT-L/14 ``..._reg4_224``, while Trident builds it at 518 px (timm's default for the
+    architecture) and resamples the table. None where the sizes agree or the table is not a
+    square grid (the strict load then names the mismatch).
+    """
+    if fm.loader != "timm" or not dict(fm.kwargs).get("dynamic_img_size"):
+        return None
+    pos = next((v for k, v in state.items() if k.rsplit(".", 1)[-1] == "pos_embed"), None)
+    if pos is None or pos.ndim != 3:
+        return None
+    with torch.device("meta"):
+        ref, _ = architecture(fm)
+    table = ref.pos_embed
+    grid = ref.patch_embed.grid_size
+    in_table_prefix = table.shape[1] - grid[0] * grid[1]  # 0 with no_embed_class
+    n = pos.shape[1] - in_table_prefix
+    side = math.isqrt(max(n, 0))
+    if pos.shape[1] == table.shape[1] or n <= 0 or side * side != n:
+        return None
+    return side * int(ref.patch_embed.patch_size[0])
+
+
 def build(kind: str, arg: str) -> nn.Module:
     """The model with its weights, pooling included, in eval mode on the CPU."""
     fm = by_name(kind)
     path = hub.locate(fm, arg)
-    model, prefix = architecture(fm, path.parent)
-    _fit(fm, model, load_weights(path), str(path))
+    state = load_weights(path)
+    model, prefix = architecture(fm, path.parent, native_img_size(fm, state))
+    _fit(fm, model, state, str(path))
     out = Pooled(model, fm.loader, fm.pool, prefix)
     out.eval()
     return out

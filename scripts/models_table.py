@@ -24,6 +24,7 @@ _POOL = {
     "cls+mean": "class + mean patch token",
     "pooler": "pooler output",
     "avg": "mean of the last stage tokens",
+    "attn-pool": "attentional pooler, layer norm",
 }
 
 
@@ -33,6 +34,8 @@ def table() -> str:
     rows = []
     for f in FOUNDATION:
         size = f"{f.crop_from} → crop {f.input_size}" if f.crop_from else str(f.input_size)
+        if f.tile:
+            size = f"{f.tile} → {f.input_size}"
         cells = [
             f"`{f.name}`",
             f.title,

@@ -47,7 +47,7 @@ HIBOU = ((0.7068, 0.5755, 0.722), (0.195, 0.2316, 0.1816))
 KAIKO = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 LUNIT = ((0.70322989, 0.53606487, 0.66096631), (0.21716536, 0.26081574, 0.20723464))
 GIANT = {"uni2-h", "virchow", "virchow2", "h-optimus-0", "h-optimus-1", "gigapath"}
-LARGE = {"uni", "phikon-v2", "hibou-l", "kaiko-vitl14"}
+LARGE = {"uni", "phikon-v2", "hibou-l", "kaiko-vitl14", "conch-v1.5"}
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,61 @@ def _ctranspath() -> nn.Module:  # Trident's CTransPathInferenceEncoder and CHIE
         )
     model.head = nn.Identity()
     return model.to(torch.empty(0).device)
+
+
+class _TridentPooler(nn.Module):
+    """CONCH v1.5's AttentionalPooler as Trident's vendored tower computes it (einsum form)."""
+
+    def __init__(self, d_model: int = 768, context_dim: int = 1024, n_head: int = 8) -> None:
+        super().__init__()
+        self.query = nn.Parameter(torch.randn(1, d_model))
+        self.heads, self.scale = n_head, (d_model // n_head) ** -0.5
+        self.ln_k, self.ln_q = nn.LayerNorm(context_dim), nn.LayerNorm(d_model)
+        self.to_q = nn.Linear(d_model, d_model, bias=False)
+        self.to_kv = nn.Linear(context_dim, d_model * 2, bias=False)
+        self.to_out = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h = x.shape[0], self.heads
+        x = self.ln_k(x[:, None])  # b 1 n d
+        q = self.ln_q(self.query[None, None].expand(b, 1, -1, -1))  # b 1 1 d
+        q = self.to_q(q)
+        k, v = self.to_kv(x).chunk(2, dim=-1)
+        q, k, v = (t.reshape(*t.shape[:3], h, -1).permute(0, 3, 1, 2, 4) for t in (q, k, v))
+        sim = torch.einsum("...id,...jd->...ij", q * self.scale, k)
+        attn = (sim - sim.amax(dim=-1, keepdim=True).detach()).softmax(dim=-1)
+        out = torch.einsum("...ij,...jd->...id", attn, v)  # b h 1 1 d
+        out = out.permute(0, 2, 3, 1, 4).reshape(b, 1, 1, -1)
+        return self.to_out(out).squeeze(1)  # type: ignore[no-any-return]
+
+
+class _TridentConch(nn.Module):
+    """Trident's CONCHVisionTower: trunk.forward_features, the pooler's first query, ln."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk: Any = timm.create_model(
+            "vit_large_patch16_224", img_size=224, init_values=1.0, num_classes=0
+        )
+        self.attn_pool_contrast = _TridentPooler()
+        self.ln_contrast = nn.LayerNorm(768)
+
+    def _interpolate(self, w: int, h: int) -> torch.Tensor:  # DINO's interpolate_pos_encoding
+        pos = self.trunk.pos_embed
+        n = pos.shape[1] - 1
+        w0, h0 = w // 16 + 0.1, h // 16 + 0.1
+        side = int(n**0.5)
+        grid = pos[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        grid = nn.functional.interpolate(grid, scale_factor=(w0 / side, h0 / side), mode="bicubic")
+        return torch.cat([pos[:, :1], grid.permute(0, 2, 3, 1).view(1, -1, pos.shape[-1])], 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.trunk
+        _, _, w, h = x.shape
+        y = t.patch_embed.proj(x).flatten(2).transpose(1, 2)
+        y = torch.cat([t.cls_token.expand(x.shape[0], -1, -1), y], dim=1)
+        y = t.norm(t.blocks(t.norm_pre(y + self._interpolate(w, h))))
+        return self.ln_contrast(self.attn_pool_contrast(y)[:, 0])  # type: ignore[no-any-return]
 
 
 def _swiglu() -> dict[str, Any]:
@@ -304,6 +359,18 @@ REFERENCES: dict[str, Reference] = {
     "kaiko-vitb16": _kaiko("vit_base_patch16_224"),
     "kaiko-vitb8": _kaiko("vit_base_patch8_224"),
     "kaiko-vitl14": _kaiko("vit_large_patch14_reg4_dinov2", img=518),
+    "conch-v1.5": Reference(
+        _TridentConch,
+        T.Compose(
+            [
+                T.Resize(448, interpolation=T.InterpolationMode.BILINEAR),
+                T.CenterCrop(448),
+                T.ToTensor(),
+                T.Normalize(*IMAGENET),
+            ]
+        ),
+        _out,
+    ),
     "ctranspath": Reference(
         _ctranspath,
         T.Compose(
@@ -390,14 +457,22 @@ def write_hub_cache(cache: Path, fm: Foundation, model: nn.Module) -> Path:
     return snap
 
 
+def _crop(digestpath_jpg: Path, out: Path, side: int) -> Path:
+    with Image.open(digestpath_jpg) as im:
+        im.convert("RGB").crop((1800, 1800, 1800 + side, 1800 + side)).save(out)
+    return out
+
+
 @pytest.fixture(scope="module")
 def region(tmp_path_factory: pytest.TempPathFactory, digestpath_jpg: Path) -> Path:
     """A 512 x 512 crop of the real DigestPath image (0.5 um/px) as a PNG: a few patches."""
-    with Image.open(digestpath_jpg) as im:
-        crop = im.convert("RGB").crop((1800, 1800, 2312, 2312))
-    out = tmp_path_factory.mktemp("region") / "region.png"
-    crop.save(out)
-    return out
+    return _crop(digestpath_jpg, tmp_path_factory.mktemp("region") / "region.png", 512)
+
+
+@pytest.fixture(scope="module")
+def big_region(tmp_path_factory: pytest.TempPathFactory, digestpath_jpg: Path) -> Path:
+    """1024 x 1024: four tiles of 512 px (CONCH v1.5's)."""
+    return _crop(digestpath_jpg, tmp_path_factory.mktemp("region") / "big.png", 1024)
 
 
 def run_embed(
@@ -447,9 +522,12 @@ def _e2e_params() -> list[Any]:
 
 @pytest.mark.parametrize("name", _e2e_params())
 def test_embed_offline_from_the_hub_cache_matches_the_authors_forward(
-    name: str, region: Path, tmp_path: Path
+    name: str, region: Path, big_region: Path, tmp_path: Path
 ) -> None:
     fm = by_name(name)
+    side = fm.patch_size  # the CLI's default patch size for the model: the authors' tile
+    if side > 256:
+        region = big_region
     torch.manual_seed(1)
     model = _perturbed(REFERENCES[name].build())
     cache = tmp_path / "hub"
@@ -461,8 +539,7 @@ def test_embed_offline_from_the_hub_cache_matches_the_authors_forward(
         feats = f["features"][:]
         coords = f["coords"][:]
         assert f["features"].attrs["encoder"] == name
-    side = fm.patch_size  # the CLI's default patch size for the model: no resampling
-    assert feats.shape == (4, fm.dim) and len(coords) == 4 == (512 // side) ** 2
+    assert feats.shape == (4, fm.dim) and len(coords) == 4
     cos = _cosine(feats, _reference(name, model, region, coords, side))
     assert cos.min() >= 0.9999, cos
 
@@ -707,3 +784,38 @@ def test_a_cache_filled_under_a_former_repository_name_is_used(
     assert hub.local(fm, str(tmp_path)) == snap / fm.filename  # --weights <hub cache folder>
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path))
     assert hub.cached(fm) == snap / fm.filename  # the hub cache itself
+
+
+@pytest.mark.slow
+def test_conch_resamples_a_position_table_of_another_grid_as_the_released_tower(
+    tmp_path: Path,
+) -> None:
+    """A file whose table is 28 x 28 (448 px) loads as Trident's create_model_from_pretrained
+    loads it: resampled to the trunk's 14 x 14 (bilinear, no antialiasing), then interpolated
+    for each input."""
+    from timm.layers import resample_abs_pos_embed  # type: ignore[attr-defined]
+
+    from histosic.embed.builders.foundation import build
+
+    fm = by_name("conch-v1.5")
+    torch.manual_seed(7)
+    ref: Any = _perturbed(_TridentConch())
+    big = torch.randn(1, 1 + 28 * 28, 1024, generator=torch.Generator().manual_seed(8)) * 0.02
+    state = {k: v.contiguous() for k, v in ref.state_dict().items()}
+    state["trunk.pos_embed"] = big
+    path = tmp_path / fm.filename
+    torch.save(state, path)
+    with torch.no_grad():  # Trident: resize_pos_embed(model.trunk, state_dict['trunk.pos_embed'])
+        ref.trunk.pos_embed.copy_(
+            resample_abs_pos_embed(
+                big,
+                new_size=(14, 14),
+                num_prefix_tokens=1,
+                interpolation="bilinear",
+                antialias=False,
+                verbose=False,
+            )
+        )
+    x = torch.rand(2, 3, 448, 448, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        torch.testing.assert_close(build(fm.name, str(path))(x), ref(x), rtol=1e-4, atol=1e-4)

@@ -18,14 +18,18 @@ Pooling:
 - ``pooler``: ``transformers``' ``pooler_output`` (Hibou: the normed class token).
 - ``avg``: the mean of the last stage's tokens after the final norm, the network's own head
   (CTransPath's Swin: ``forward`` with ``head = Identity``).
+- ``attn-pool``: CONCH's attentional pooler (one learned query attending over all tokens after
+  the final norm), then its layer norm: the image embedding of the contrastive head.
 
 CTransPath is built with ``timm-ctp`` (PyPI, the timm 0.5.4 its authors modified, installed as the
 module ``timm_ctp`` beside timm; in the ``foundation`` extra) and histosic's own convolutional
-stem, written from the TransPath paper's description.
+stem, written from the TransPath paper's description. CONCH v1.5's vision tower is timm's ViT-L/16
+with histosic's own attentional pooler and position-table interpolation, written from the
+description of the tower that Trident vendors (``model_zoo/conchv1_5``; TITAN's remote code on
+the hub holds the same tower).
 
-Not registered: CONCH v1.5 (its vision tower lives in TITAN's remote code on the hub and in
-Trident's own model zoo) and MUSK (installed from its GitHub repository; ``musk`` on PyPI is an
-unrelated package), whose code no package index has.
+Not registered: MUSK (installed from its GitHub repository; ``musk`` on PyPI is an unrelated
+package, and its BEiT-3 tower needs torchscale's code), whose code no package index has.
 """
 
 from __future__ import annotations
@@ -36,8 +40,8 @@ from typing import Any, Literal
 __all__ = ["FOUNDATION", "Foundation", "by_name"]
 
 Triple = tuple[float, float, float]
-Pool = Literal["token", "cls+mean", "pooler", "avg"]
-Loader = Literal["timm", "transformers", "timm_ctp"]
+Pool = Literal["token", "cls+mean", "pooler", "avg", "attn-pool"]
+Loader = Literal["timm", "transformers", "timm_ctp", "conch"]
 
 IMAGENET: tuple[Triple, Triple] = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 BIOPTIMUS: tuple[Triple, Triple] = ((0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517))
@@ -69,8 +73,9 @@ class Foundation:
     former_repos : tuple of str
         Earlier names of the repository (the hub redirects them): a cache filled under one of
         them, by Trident or an older histosic, is used as well.
-    loader : {"timm", "transformers", "timm_ctp"}
-        The library that builds the architecture (:attr:`library` is the module to import).
+    loader : {"timm", "transformers", "timm_ctp", "conch"}
+        What builds the architecture (:attr:`library` is the module to import; ``conch``:
+        histosic's CONCH tower over timm).
     arch : str
         timm (or ``timm_ctp``) model name, or the ``transformers`` model class (``ViTModel``,
         ``Dinov2Model``, ``Dinov2WithRegistersModel``).
@@ -78,12 +83,15 @@ class Foundation:
         timm ``create_model`` keyword arguments, or the ``transformers`` configuration.
     swiglu : bool
         timm: ``mlp_layer=SwiGLUPacked, act_layer=SiLU`` (not expressible without torch).
-    pool : {"token", "cls+mean", "pooler", "avg"}
+    pool : {"token", "cls+mean", "pooler", "avg", "attn-pool"}
     dim, input_size : int
         Embedding length; side of the square the network sees.
     crop_from : int
         Resize the patch to this side, then centre-crop ``input_size`` (0: resize to
         ``input_size`` directly). GigaPath: 256 -> 224.
+    tile : int
+        The tiling patch side the authors use when it is neither ``crop_from`` nor
+        ``input_size`` (CONCH v1.5: 512 px at 20x, resized to 448); 0 otherwise.
     mean, std : (float, float, float)
     mpp : float
         Microns per pixel the model was trained at (the default ``--mpp`` to use).
@@ -118,6 +126,7 @@ class Foundation:
     paper: str
     swiglu: bool = False
     crop_from: int = 0
+    tile: int = 0
     note: str = ""
     repo_type: Literal["model", "dataset"] = "model"
     former_repos: tuple[str, ...] = ()
@@ -130,12 +139,13 @@ class Foundation:
     @property
     def library(self) -> str:
         """The Python module that builds the architecture (``timm``, ``transformers``, ...)."""
-        return self.loader
+        return "timm" if self.loader == "conch" else self.loader
 
     @property
     def patch_size(self) -> int:
-        """The tiling patch side at which no resampling happens (``--patch-size``)."""
-        return self.crop_from or self.input_size
+        """The default tiling patch side (``--patch-size``): the authors' tile, else the side at
+        which no resampling happens."""
+        return self.tile or self.crop_from or self.input_size
 
 
 _KAIKO_REPO = "1aurent/{}.kaiko_ai_towards_large_pathology_fms"
@@ -496,6 +506,32 @@ FOUNDATION: tuple[Foundation, ...] = (
         # the hub shows the repository under this name now; Trident asks for the old one
         repo=_KAIKO_REPO.format("vit_large_patch14_reg4_224"),
         former_repos=(_KAIKO_REPO.format("vit_large_patch14_reg4_dinov2"),),
+    ),
+    Foundation(
+        name="conch-v1.5",
+        title="CONCH v1.5 (Mahmood lab), ViT-L/16 at 448 px with an attentional pooler; "
+        "TITAN's patch encoder",
+        repo="MahmoodLab/conchv1_5",
+        filename="pytorch_model_vision.bin",
+        loader="conch",
+        arch="vit_large_patch16_224",
+        kwargs=(("img_size", 224), ("init_values", 1.0)),
+        pool="attn-pool",
+        dim=768,
+        input_size=448,
+        tile=512,
+        mean=IMAGENET[0],
+        std=IMAGENET[1],
+        mpp=0.5,
+        precision="float16",
+        params=306_100_000,
+        licence=CC_BY_NC_ND,
+        gated=True,
+        paper="Ding et al. 2024, arXiv:2411.19666 (TITAN; CONCH v1.5 is its patch encoder)",
+        note="512 px tiles at 20x resized to 448, as Trident's and TITAN's examples run it; the "
+        "trunk's position table is 14 x 14 and is interpolated (bicubic, DINO style) for 448 px "
+        "input, as the released tower does. Built from Trident's vendored tower, not checked "
+        "against the released file",
     ),
     Foundation(
         name="ctranspath",

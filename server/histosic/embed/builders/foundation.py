@@ -129,6 +129,94 @@ class ConvStem(nn.Module):
         return out
 
 
+class AttentionalPooler(nn.Module):
+    """CONCH's attentional pooler: learned queries attend, over all heads, to the tokens.
+
+    ``query`` (n_queries, d_model) and the tokens are layer-normed (``ln_q``, ``ln_k``), projected
+    without bias (``to_q``; ``to_kv``, keys and values in one), and the attended values are
+    projected back (``to_out``): (n, tokens, context_dim) -> (n, n_queries, d_model).
+    """
+
+    def __init__(self, d_model: int, context_dim: int, n_head: int = 8, n_queries: int = 1):
+        super().__init__()
+        if d_model % n_head:
+            raise ValueError(f"d_model {d_model} is not divisible by {n_head} heads")
+        self.heads = n_head
+        self.scale = (d_model // n_head) ** -0.5
+        self.query = nn.Parameter(torch.randn(n_queries, d_model))
+        self.ln_k = nn.LayerNorm(context_dim)
+        self.ln_q = nn.LayerNorm(d_model)
+        self.to_q = nn.Linear(d_model, d_model, bias=False)
+        self.to_kv = nn.Linear(context_dim, 2 * d_model, bias=False)
+        self.to_out = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        k, v = self.to_kv(self.ln_k(x)).chunk(2, dim=-1)
+        q = self.to_q(self.ln_q(self.query)).expand(n, -1, -1)
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(n, t.shape[1], self.heads, -1).transpose(1, 2)
+
+        sim = (heads(q) * self.scale) @ heads(k).transpose(-1, -2)
+        attn = (sim - sim.amax(dim=-1, keepdim=True)).softmax(dim=-1)
+        out = (attn @ heads(v)).transpose(1, 2).reshape(n, q.shape[1], -1)
+        pooled: torch.Tensor = self.to_out(out)
+        return pooled
+
+
+class ConchTower(nn.Module):
+    """CONCH v1.5's vision tower: a ViT-L/16 trunk, the contrastive pooler, a layer norm.
+
+    The trunk is timm's ``vit_large_patch16_224`` (layer scale 1.0, no head) with the released
+    tower's 14 x 14 position table; for other input sizes the table is interpolated as DINO and
+    iBOT do it (bicubic, with a scale factor of ``(side / 16 + 0.1) / 14``), which is what the
+    released tower computes for 448 px input, not timm's own resampling. Parameter names
+    (``trunk``, ``attn_pool_contrast``, ``ln_contrast``) are those of ``pytorch_model_vision.bin``.
+    """
+
+    def __init__(self, trunk: Any) -> None:
+        super().__init__()
+        self.trunk: Any = trunk
+        width = int(trunk.embed_dim)
+        self.attn_pool_contrast = AttentionalPooler(768, width, n_head=8, n_queries=1)
+        self.ln_contrast = nn.LayerNorm(768)
+
+    def _positions(self, h: int, w: int) -> torch.Tensor:
+        table: torch.Tensor = self.trunk.pos_embed
+        step = int(self.trunk.patch_embed.patch_size[0])
+        n = table.shape[1] - 1
+        side = math.isqrt(n)
+        if (h // step) * (w // step) == n and h == w:
+            return table
+        grid = table[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        grid = nn.functional.interpolate(
+            grid,
+            scale_factor=((h // step + 0.1) / side, (w // step + 0.1) / side),
+            mode="bicubic",
+        )
+        grid = grid.permute(0, 2, 3, 1).reshape(1, -1, table.shape[-1])
+        return torch.cat([table[:, :1], grid], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.trunk
+        h, w = x.shape[-2:]
+        tokens = t.patch_embed.proj(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([t.cls_token.expand(x.shape[0], -1, -1), tokens], dim=1)
+        tokens = t.norm_pre(tokens + self._positions(h, w))
+        tokens = t.norm(t.blocks(tokens))
+        pooled: torch.Tensor = self.ln_contrast(self.attn_pool_contrast(tokens)[:, 0])
+        return pooled
+
+
+def _conch(fm: Foundation) -> nn.Module:
+    import timm
+
+    kwargs: dict[str, Any] = dict(fm.kwargs)
+    trunk = timm.create_model(fm.arch, pretrained=False, num_classes=0, **kwargs)
+    return ConchTower(trunk)
+
+
 def _timm_ctp(fm: Foundation) -> nn.Module:
     try:
         with warnings.catch_warnings():  # its torch.jit.script use, at import
@@ -162,6 +250,8 @@ def architecture(
     """
     if fm.loader == "timm_ctp":
         return _timm_ctp(fm), 0
+    if fm.loader == "conch":
+        return _conch(fm), 1
     if fm.loader == "timm":
         import timm
 
@@ -212,11 +302,35 @@ def _strip(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.
     return {k: v for k, v in state.items() if not (k.startswith("pooler.") and k not in want)}
 
 
+def _conch_table(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The released tower's load: a position table of another grid is resampled to the trunk's
+    14 x 14 (timm's ``resample_abs_pos_embed``, bilinear, no antialiasing), as it does."""
+    key = "trunk.pos_embed"
+    want = model.state_dict()[key]
+    have = state.get(key)
+    if have is None or have.ndim != 3 or have.shape == want.shape:
+        return state
+    from timm.layers import resample_abs_pos_embed  # type: ignore[attr-defined]
+
+    grid = tuple(int(g) for g in model.trunk.patch_embed.grid_size)  # type: ignore[union-attr]
+    resampled = resample_abs_pos_embed(
+        have,
+        new_size=grid,
+        num_prefix_tokens=1,
+        interpolation="bilinear",
+        antialias=False,
+        verbose=False,
+    )
+    return {**state, key: resampled}
+
+
 _DERIVED = (".attn_mask",)  # Swin's shifted-window masks: computed from the input size
 
 
 def _fit(fm: Foundation, model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     state = _strip(state, model)
+    if fm.loader == "conch":
+        state = _conch_table(model, state)
     try:
         if fm.loader == "timm_ctp":
             state = {k: v for k, v in state.items() if not k.endswith(_DERIVED)}
@@ -253,7 +367,7 @@ def native_img_size(fm: Foundation, state: dict[str, torch.Tensor]) -> int | Non
     if pos is None or pos.ndim != 3:
         return None
     with torch.device("meta"):
-        ref, _ = architecture(fm)
+        ref: Any = architecture(fm)[0]
     table = ref.pos_embed
     grid = ref.patch_embed.grid_size
     in_table_prefix = table.shape[1] - grid[0] * grid[1]  # 0 with no_embed_class

@@ -214,3 +214,35 @@ def test_ignored_seeds_carry_the_point_index_even_for_identical_points(
     # tumour[0] and its identical copy at 6 both sit on the patch that `conflict` also seeds
     assert {by_index[j].reason.split(":")[0] for j in (1, 6, 7)} == {"conflicting classes"}
     assert m.n_used == len(points) - 5
+
+
+@pytest.mark.parametrize("layout", ["grid-50%-overlap", "grid-no-overlap", "scattered"])
+def test_containing_patches_is_the_nearest_containing_centre(layout: str) -> None:
+    """Against brute force over every patch: the nearest centre within half a side on both
+    axes, ties to the lower index, -1 where none; points on patch edges and exact ties."""
+    from histosic.seeds import containing_patches
+
+    rng = np.random.default_rng(0)
+    side = 256.0
+    if layout == "scattered":
+        centres = rng.uniform(0, 5000, size=(700, 2))
+    else:
+        stride = side / 2 if layout == "grid-50%-overlap" else side
+        gx, gy = np.meshgrid(np.arange(30), np.arange(20))
+        keep = rng.random(gx.size) < 0.7  # holes, as tissue leaves them
+        centres = np.stack([gx.ravel(), gy.ravel()], 1)[keep] * stride + side / 2 + 17.0
+    points = np.concatenate(
+        [
+            rng.uniform(-300, 5300, size=(2000, 2)),
+            centres[:50] + side / 2,  # on a patch corner: exactly on its edge
+            centres[50:100] + [side / 4, 0.0],  # between neighbours: exact ties
+            centres[100:150].round(),
+        ]
+    )
+    got = containing_patches(centres, points, side / 2)
+    delta = np.abs(centres[None, :, :] - points[:, None, :])
+    inside = (delta <= side / 2 + 1e-9).all(axis=2)
+    dist = np.where(inside, np.hypot(delta[..., 0], delta[..., 1]), np.inf)
+    want = np.where(inside.any(axis=1), np.argmin(dist, axis=1), -1)  # argmin: lowest on ties
+    assert (got == want).all()
+    assert (want >= 0).sum() > 500 and (want < 0).sum() > 100  # both kinds are exercised

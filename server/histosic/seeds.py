@@ -34,8 +34,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_NEIGHBOURS = 4  # with 50% overlap a point lies in up to 4 patches
-
 
 @dataclass(frozen=True)
 class SeedPoint:
@@ -231,6 +229,66 @@ def _class_ids(
     return (negative_name, pos), 1, mapping
 
 
+def containing_patches(
+    centres: npt.NDArray[np.float64], xy: npt.NDArray[np.float64], half: float
+) -> npt.NDArray[np.int64]:
+    """For each point, the patch that contains it and whose centre is nearest; -1 for none.
+
+    A patch contains a point when the point is within ``half`` (half the patch side) of its
+    centre on both axes. Ties in distance go to the lower patch index. Centres are binned into
+    cells one patch side wide, so only the 3 x 3 cells around a point can hold a patch that
+    contains it: no tree is built (and scipy.spatial, 0.3 s to import, is not needed).
+    """
+    m = xy.shape[0]
+    best = np.full(m, -1, dtype=np.int64)
+    if m == 0 or centres.shape[0] == 0:
+        return best
+    side = max(2.0 * half, 1e-9)
+    origin = centres.min(axis=0)
+    cells = np.floor((centres - origin) / side).astype(np.int64)
+    width = int(cells[:, 0].max()) + 3  # room for the neighbours of every point's cell
+    key = (cells[:, 1] + 1) * width + (cells[:, 0] + 1)
+    order = np.argsort(key, kind="stable")  # within a cell: ascending patch index
+    sorted_key = key[order]
+    pcell = np.floor((xy - origin) / side).astype(np.int64)
+    height = int(cells[:, 1].max()) + 3
+    best_d = np.full(m, np.inf)
+    tol = half + 1e-9
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            cx, cy = pcell[:, 0] + 1 + dx, pcell[:, 1] + 1 + dy
+            inside = (cx >= 0) & (cx < width) & (cy >= 0) & (cy < height)
+            k = np.where(inside, cy * width + cx, -1)
+            lo = np.searchsorted(sorted_key, k, side="left")
+            hi = np.searchsorted(sorted_key, k, side="right")
+            hi[~inside] = lo[~inside]
+            for j in range(int((hi - lo).max(initial=0))):
+                rows = np.flatnonzero(lo + j < hi)
+                idx = order[lo[rows] + j]
+                delta = np.abs(centres[idx] - xy[rows])
+                ok = (delta[:, 0] <= tol) & (delta[:, 1] <= tol)
+                rows, idx, d = rows[ok], idx[ok], np.hypot(delta[ok, 0], delta[ok, 1])
+                better = (d < best_d[rows]) | ((d == best_d[rows]) & (idx < best[rows]))
+                best[rows[better]] = idx[better]
+                best_d[rows[better]] = d[better]
+    return best
+
+
+def _nearest_distances(
+    centres: npt.NDArray[np.float64], xy: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    """Distance from each point to the nearest centre (the message of an off-tissue seed)."""
+    if xy.shape[0] * centres.shape[0] > 50_000_000:  # many points off tissue: a tree pays
+        from scipy.spatial import cKDTree
+
+        d, _ = cKDTree(centres).query(xy, k=1)
+        return np.asarray(d, dtype=np.float64)
+    out = np.empty(xy.shape[0])
+    for i, (x, y) in enumerate(xy):
+        out[i] = float(np.sqrt(((centres[:, 0] - x) ** 2 + (centres[:, 1] - y) ** 2).min()))
+    return out
+
+
 def map_seeds(
     emb: Embeddings,
     points: Iterable[SeedPoint],
@@ -296,38 +354,24 @@ def map_seeds(
     patch_of: list[int] = []
     located: list[tuple[int, SeedPoint]] = []
     if candidates and n:
-        from scipy.spatial import cKDTree  # scipy is a base dependency; imported here for start-up
-
         centres = emb.centers()
-        tree = cKDTree(centres)
         xy = np.array([[p.x, p.y] for _, p in candidates], dtype=np.float64)
-        k = min(_NEIGHBOURS, n)
-        # Euclidean neighbours within the patch's half-diagonal; keep the nearest that contains the
-        # point (Chebyshev distance <= half the patch side).
-        dist, idx = tree.query(xy, k=k, distance_upper_bound=half * math.sqrt(2) + 1e-6)
-        dist = np.asarray(dist).reshape(len(candidates), k)
-        idx = np.asarray(idx).reshape(len(candidates), k)
+        chosen = containing_patches(centres, xy, half)
+        off = np.flatnonzero(chosen < 0)
+        nearest = _nearest_distances(centres, xy[off]) if off.size else np.empty(0)
+        far = dict(zip(off.tolist(), nearest.tolist(), strict=True))
         for row, (at, p) in enumerate(candidates):
-            chosen = -1
-            for j in range(k):
-                i = int(idx[row, j])
-                if i >= n:  # no more neighbours within range
-                    break
-                if np.max(np.abs(centres[i] - xy[row])) <= half + 1e-9:
-                    chosen = i
-                    break
-            if chosen < 0:
-                d_near, _ = tree.query(xy[row], k=1)
+            if chosen[row] < 0:
                 ignored.append(
                     IgnoredSeed(
                         p,
                         "off tissue: no tissue patch contains this point (nearest patch centre "
-                        f"{float(d_near):.0f} px away)",
+                        f"{far[row]:.0f} px away)",
                         at,
                     )
                 )
             else:
-                patch_of.append(chosen)
+                patch_of.append(int(chosen[row]))
                 located.append((at, p))
     else:
         for at, p in candidates:

@@ -110,7 +110,11 @@ def apply_preprocess(
             # Normal equations with the (n, k) nuisance in X's precision: no float64 copy of X.
             Zx = Zc.astype(out.dtype)
             beta = np.linalg.pinv(Zc.T @ Zc) @ (Zx.T @ out).astype(np.float64)
-            out = out - Zx @ beta.astype(out.dtype)
+            # One new (n, dim) array, filled by the product and added to in place: each fresh
+            # array of this size costs its page faults again (out - Zx @ beta made two).
+            resid = Zx @ (-beta).astype(out.dtype)
+            resid += out
+            out = resid
     if config.center_pieces and grid is not None:
         pieces = grid_pieces(grid)
         n_pieces = int(pieces.max()) + 1

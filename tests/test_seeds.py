@@ -230,7 +230,8 @@ def test_containing_patches_is_the_nearest_containing_centre(layout: str) -> Non
         stride = side / 2 if layout == "grid-50%-overlap" else side
         gx, gy = np.meshgrid(np.arange(30), np.arange(20))
         keep = rng.random(gx.size) < 0.7  # holes, as tissue leaves them
-        centres = np.stack([gx.ravel(), gy.ravel()], 1)[keep] * stride + side / 2 + 17.0
+        grid = np.stack([gx.ravel(), gy.ravel()], 1)[keep].astype(np.float64)
+        centres = grid * stride + side / 2 + 17.0
     points = np.concatenate(
         [
             rng.uniform(-300, 5300, size=(2000, 2)),

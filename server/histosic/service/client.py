@@ -82,6 +82,11 @@ def open_channel(
         ("grpc.max_send_message_length", 16 << 20),
         # Large HTTP/2 frames: GetEmbedding streams ~1 MiB chunks (measured ~2x faster).
         ("grpc.http2.max_frame_size", 16777215),
+        # Socket reads of up to 16 MiB instead of gRPC's small default: fewer reads and slice
+        # merges per chunk (205 MB over loopback: 1.30 against 1.16 GB/s, medians of 4 turns).
+        ("grpc.experimental.tcp_read_chunk_size", 4 << 20),
+        ("grpc.experimental.tcp_min_read_chunk_size", 1 << 20),
+        ("grpc.experimental.tcp_max_read_chunk_size", 16 << 20),
     ]
     if tls or tls_ca:
         root = Path(tls_ca).read_bytes() if tls_ca else None

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from test_service_process import ServeProcess
 from test_service_support import grpc_healthy, http_healthy, make_embedding, seeds_json
@@ -27,9 +28,13 @@ from histosic.api.v1 import clustering_pb2, clustering_pb2_grpc, common_pb2
 from histosic.service import ServerConfig, create_server
 from histosic.service.server import HistosicServer
 
-GRID = 600  # 360,000 patches of 64 features; SIC on them runs for about 11 s here
-SEEDS = [(300.0, 300.0, "Tumor"), (400.0, 20000.0, "Tumor"), (70000.0, 300.0, "Stroma")]
-SEEDS += [(70000.0, 70000.0, "Stroma")]
+# The slow call: multi-class SIC with 8 classes of 4 seeds each on 360,000 patches of 64
+# features, 5-6 s in process on a fast day here (binary SIC on them took 11 s on a slow day and
+# 1 s on a fast one, too close to the deadlines below); the tests end it long before.
+GRID = 600
+DIM = 64
+_XY = [(float(x), float(y)) for x, y in np.random.default_rng(0).uniform(0, 76000, (32, 2))]
+SEEDS = [(x, y, f"Class {i % 8}") for i, (x, y) in enumerate(_XY)]
 SMALL_SEEDS = [(100.0, 100.0, "Tumor"), (200.0, 1500.0, "Tumor"), (2400.0, 100.0, "Stroma")]
 
 
@@ -45,7 +50,7 @@ class Env:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = tmp_path_factory.mktemp("deadlines")
-    make_embedding(store / "slow.h5", grid=GRID, dim=64)
+    make_embedding(store / "slow.h5", grid=GRID, dim=DIM)
     make_embedding(store / "small.h5", grid=20, dim=8, fingerprint="sha256:small")
     return store
 
@@ -74,7 +79,7 @@ def _slow_request() -> clustering_pb2.ClusterRequest:
     return clustering_pb2.ClusterRequest(
         embedding=common_pb2.EmbeddingRef(embedding_id="slow.h5"),
         seeds=[clustering_pb2.SeedPoint(x=x, y=y, class_name=c) for x, y, c in SEEDS],
-        options=clustering_pb2.ClusterOptions(method="sic", geojson="none"),
+        options=clustering_pb2.ClusterOptions(method="sic", geojson="none", multiclass=True),
     )
 
 
@@ -82,7 +87,7 @@ def _slow_json() -> bytes:
     body = {
         "embedding": {"embeddingId": "slow.h5"},
         "seeds": seeds_json(SEEDS),
-        "options": {"method": "sic", "geojson": "none"},
+        "options": {"method": "sic", "geojson": "none", "multiclass": True},
     }
     return json.dumps(body).encode()
 

@@ -476,7 +476,7 @@ def big_region(tmp_path_factory: pytest.TempPathFactory, digestpath_jpg: Path) -
 
 
 def run_embed(
-    region: Path, out: Path, model: str, cache: Path, *extra: str
+    region: Path, out: Path, model: str, cache: Path, *extra: str, device: str = "cpu"
 ) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
@@ -489,7 +489,7 @@ def run_embed(
     env.pop("HF_TOKEN", None)
     cmd = [sys.executable, "-m", "histosic", "embed", str(region), "--slide-mpp", "0.5"]
     cmd += ["--model", model, "--out", str(out), "--overlap", "0", "--tissue-threshold", "0"]
-    cmd += ["--workers", "0", "--device", "cpu", "--batch-size", "4", *extra]
+    cmd += ["--workers", "0", "--device", device, "--batch-size", "4", *extra]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -819,3 +819,49 @@ def test_conch_resamples_a_position_table_of_another_grid_as_the_released_tower(
     x = torch.rand(2, 3, 448, 448, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         torch.testing.assert_close(build(fm.name, str(path))(x), ref(x), rtol=1e-4, atol=1e-4)
+
+
+# -- on a GPU: the authors' precision, and a batch that fits (pytest -m gpu) ----------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["kaiko-vits16", "h0-mini", "conch-v1.5", "ctranspath"])
+def test_cuda_in_the_authors_precision_matches_the_cpu_reference(
+    name: str, region: Path, big_region: Path, tmp_path: Path
+) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    fm = by_name(name)
+    region = big_region if fm.patch_size > 256 else region
+    torch.manual_seed(1)
+    model = _perturbed(REFERENCES[name].build())
+    cache = tmp_path / "hub"
+    write_hub_cache(cache, fm, model)
+    out = tmp_path / "out.h5"
+    done = run_embed(region, out, name, cache, device="cuda")
+    assert done.returncode == 0, done.stderr[-2000:]
+    with h5py.File(out, "r") as f:
+        feats, coords = f["features"][:], f["coords"][:]
+    cos = _cosine(feats, _reference(name, model, region, coords, fm.patch_size))
+    # float16/bfloat16 autocast where the authors use it: close to the fp32 reference, not equal
+    assert cos.min() >= (0.9999 if fm.precision == "float32" else 0.99), cos
+
+
+@pytest.mark.gpu
+def test_the_batch_is_halved_until_a_forward_pass_fits_on_the_gpu() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from histosic.embed.pipeline import fit_batch_size
+
+    model = REFERENCES["kaiko-vits16"].build().cuda().eval().half()
+
+    def forward(batch: int) -> None:
+        with torch.inference_mode():
+            model(torch.zeros(batch, 3, 224, 224, device="cuda", dtype=torch.float16))
+        torch.cuda.synchronize()
+
+    free, _ = torch.cuda.mem_get_info()
+    too_many = 1 << max(1, int(free // (3 * 224 * 224 * 2)).bit_length() + 1)  # inputs > free
+    got = fit_batch_size(forward, too_many)
+    assert 1 <= got < too_many
+    forward(got)  # the chosen batch runs

@@ -865,3 +865,18 @@ def test_the_batch_is_halved_until_a_forward_pass_fits_on_the_gpu() -> None:
     got = fit_batch_size(forward, too_many)
     assert 1 <= got < too_many
     forward(got)  # the chosen batch runs
+
+
+def test_weights_id_names_the_snapshot_revision_of_a_file_in_a_sub_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.constants as hf_constants
+
+    from histosic.embed import hub
+
+    fm = by_name("ctranspath")  # fm_v1/ctranspath/CHIEF_CTransPath.pth in a dataset repository
+    write_hub_cache(tmp_path, fm, nn.Linear(1, 1))
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path))
+    assert hub.weights_id(fm.name, "") == (
+        f"hf:{fm.repo}/{fm.filename}@0123456789abcdef0123456789abcdef01234567"
+    )

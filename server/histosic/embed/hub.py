@@ -200,5 +200,9 @@ def weights_id(kind: str, arg: str) -> str:
     if arg:
         return file_fingerprint(local(fm, arg))
     hit = cached(fm)
-    revision = hit.parent.name if hit is not None else "latest"
+    revision = "latest"
+    if hit is not None:  # .../snapshots/<revision>/<filename, maybe in sub-folders>
+        parts = hit.parts
+        at = len(parts) - 1 - parts[::-1].index("snapshots") if "snapshots" in parts else -1
+        revision = parts[at + 1] if 0 <= at < len(parts) - 1 else hit.parent.name
     return f"hf:{fm.repo}/{fm.filename}@{revision}"

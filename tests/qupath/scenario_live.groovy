@@ -81,10 +81,13 @@ before = snapshot().ids
 hierarchy.removeObject(added, true)
 steps.remove = watch(before, 4000)
 
-// 5. Five clicks in quick succession (50 ms apart, within the debounce): one re-cluster.
+// 5. Five clicks in quick succession (50 ms apart, within the debounce): one re-cluster. The
+// clicks are one stride (128 px) apart, so each has its own nearest patch: 100 px apart, two of
+// them are nearest to the same patch and seed it once (they only seeded two before through the
+// KD-tree's order among equally near patches, y = 4800 lying halfway between two rows).
 before = snapshot().ids
 (0..<5).each { i ->
-    hierarchy.addObject(PathObjects.createAnnotationObject(ROIs.createPointsROI(3300 + 100 * i, 4800, plane), PathClass.fromString('Stroma')))
+    hierarchy.addObject(PathObjects.createAnnotationObject(ROIs.createPointsROI(3300 + 128 * i, 4800, plane), PathClass.fromString('Stroma')))
     Thread.sleep(50)
 }
 steps.burst = watch(before, 5000)

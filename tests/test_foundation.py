@@ -880,3 +880,12 @@ def test_weights_id_names_the_snapshot_revision_of_a_file_in_a_sub_folder(
     assert hub.weights_id(fm.name, "") == (
         f"hf:{fm.repo}/{fm.filename}@0123456789abcdef0123456789abcdef01234567"
     )
+
+
+def test_weights_flag_takes_a_folder_holding_the_file_of_a_sub_folder(tmp_path: Path) -> None:
+    """CHIEF_CTransPath.pth copied into a plain folder is found by its own name."""
+    from histosic.embed import hub
+
+    fm = by_name("ctranspath")
+    (tmp_path / "CHIEF_CTransPath.pth").write_bytes(b"x")
+    assert hub.local(fm, str(tmp_path)) == tmp_path / "CHIEF_CTransPath.pth"

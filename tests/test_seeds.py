@@ -247,3 +247,18 @@ def test_containing_patches_is_the_nearest_containing_centre(layout: str) -> Non
     want = np.where(inside.any(axis=1), np.argmin(dist, axis=1), -1)  # argmin: lowest on ties
     assert (got == want).all()
     assert (want >= 0).sum() > 500 and (want < 0).sum() > 100  # both kinds are exercised
+
+
+def test_nearest_distances_agree_with_a_tree_when_many_points_are_off_tissue() -> None:
+    """Many off-tissue points against many patches take scipy's tree; the distances are the
+    brute-force ones either way."""
+    from histosic.seeds import _nearest_distances
+
+    rng = np.random.default_rng(1)
+    centres = rng.uniform(0, 60000, size=(60000, 2))
+    points = rng.uniform(-500, 60500, size=(900, 2))  # 54 million pairs: the tree's side
+    got = _nearest_distances(centres, points)
+    sample = points[:40]
+    want = np.sqrt(((centres[None, :, :] - sample[:, None, :]) ** 2).sum(2)).min(1)
+    np.testing.assert_allclose(got[:40], want, rtol=1e-12)
+    np.testing.assert_allclose(_nearest_distances(centres, sample), want, rtol=1e-12)  # loop side

@@ -259,9 +259,8 @@ def containing_patches(
             cx, cy = pcell[:, 0] + 1 + dx, pcell[:, 1] + 1 + dy
             inside = (cx >= 0) & (cx < width) & (cy >= 0) & (cy < height)
             k = np.where(inside, cy * width + cx, -1)
-            lo = np.searchsorted(sorted_key, k, side="left")
+            lo = np.searchsorted(sorted_key, k, side="left")  # every key > 0: -1 finds none
             hi = np.searchsorted(sorted_key, k, side="right")
-            hi[~inside] = lo[~inside]
             for j in range(int((hi - lo).max(initial=0))):
                 rows = np.flatnonzero(lo + j < hi)
                 idx = order[lo[rows] + j]

@@ -35,7 +35,7 @@ package, and its BEiT-3 tower needs torchscale's code), whose code no package in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 __all__ = ["FOUNDATION", "Foundation", "by_name"]
 
@@ -151,14 +151,22 @@ class Foundation:
 _KAIKO_REPO = "1aurent/{}.kaiko_ai_towards_large_pathology_fms"
 
 
-def _kaiko(name: str, arch: str, dim: int, params: int, img: int = 224, **extra: Any) -> Foundation:
+def _kaiko(
+    name: str,
+    arch: str,
+    dim: int,
+    params: int,
+    img: int = 224,
+    repo: str = "",
+    former_repos: tuple[str, ...] = (),
+) -> Foundation:
     kwargs: tuple[tuple[str, object], ...] = (("dynamic_img_size", True),)
     if img != 224:
         kwargs = (("img_size", img), *kwargs)
     return Foundation(
         name=f"kaiko-{name}",
         title=f"kaiko.ai {name.upper()} (DINO/DINOv2 on TCGA; timm port {arch})",
-        repo=extra.pop("repo", _KAIKO_REPO.format(arch)),
+        repo=repo or _KAIKO_REPO.format(arch),
         filename="model.safetensors",
         loader="timm",
         arch=arch,
@@ -176,7 +184,7 @@ def _kaiko(name: str, arch: str, dim: int, params: int, img: int = 224, **extra:
         paper="Aben et al. 2024, arXiv:2404.15217 (kaiko.ai, Towards Large-Scale Training of "
         "Pathology Foundation Models)",
         note="trained at several resolutions; 0.5 um/px is the middle one",
-        **extra,
+        former_repos=former_repos,
     )
 
 

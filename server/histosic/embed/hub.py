@@ -200,9 +200,7 @@ def weights_id(kind: str, arg: str) -> str:
     if arg:
         return file_fingerprint(local(fm, arg))
     hit = cached(fm)
-    revision = "latest"
-    if hit is not None:  # .../snapshots/<revision>/<filename, maybe in sub-folders>
-        parts = hit.parts
-        at = len(parts) - 1 - parts[::-1].index("snapshots") if "snapshots" in parts else -1
-        revision = parts[at + 1] if 0 <= at < len(parts) - 1 else hit.parent.name
+    # .../snapshots/<revision>/<filename>, the filename maybe in sub-folders
+    depth = len(Path(fm.filename).parts)
+    revision = hit.parents[depth - 1].name if hit is not None else "latest"
     return f"hf:{fm.repo}/{fm.filename}@{revision}"

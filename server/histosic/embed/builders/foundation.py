@@ -331,24 +331,29 @@ def _fit(fm: Foundation, model: nn.Module, state: dict[str, torch.Tensor], sourc
     state = _strip(state, model)
     if fm.loader == "conch":
         state = _conch_table(model, state)
-    try:
-        if fm.loader == "timm_ctp":
-            state = {k: v for k, v in state.items() if not k.endswith(_DERIVED)}
+    misfit = f"weights in {source} do not fit {fm.name} ({fm.arch})"
+    if fm.loader == "timm_ctp":
+        state = {k: v for k, v in state.items() if not k.endswith(_DERIVED)}
+        try:
             missing, unexpected = model.load_state_dict(state, strict=False)
-            left = [k for k in missing if not k.endswith(_DERIVED)]
-            if left or unexpected:
-                raise RuntimeError(
-                    f"Error(s) in loading state_dict:\n\tmissing keys: {left[:3]}, unexpected "
-                    f"keys: {unexpected[:3]}"
-                )
-        else:
-            model.load_state_dict(state, strict=True)
+        except RuntimeError as err:  # a shape mismatch
+            raise CorruptFileError(f"{misfit}: {_first_detail(err)}") from err
+        left = [k for k in missing if not k.endswith(_DERIVED)]
+        if left or unexpected:
+            raise CorruptFileError(
+                f"{misfit}: missing keys {left[:3]}, unexpected keys {unexpected[:3]}"
+            )
+        return
+    try:
+        model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-        detail = lines[1] if len(lines) > 1 else lines[0]
-        raise CorruptFileError(
-            f"weights in {source} do not fit {fm.name} ({fm.arch}): {detail[:300]}"
-        ) from err
+        raise CorruptFileError(f"{misfit}: {_first_detail(err)}") from err
+
+
+def _first_detail(err: RuntimeError) -> str:
+    """The first line that names a key of torch's load_state_dict error."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return (lines[1] if len(lines) > 1 else lines[0])[:300]
 
 
 def native_img_size(fm: Foundation, state: dict[str, torch.Tensor]) -> int | None:
